@@ -1,0 +1,49 @@
+"""Where a device keeps its private state between messages.
+
+``context.state`` persists across messages of a run on one node, also in
+deployment, where each message runs in a fresh process. When the node config
+names a ``state-dir``, the state is also written there, so it survives a
+SuperNode restart; it is read from there when ``context.state`` is empty.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Context
+
+from common.records import from_record, to_record
+from common.state import State
+
+KEY = "mlecs-device"
+
+
+def _state_file(context: Context) -> Path | None:
+    state_dir = context.node_config.get("state-dir")
+    if not state_dir:
+        return None
+    return Path(str(state_dir)).expanduser() / f"run-{context.run_id}" / "device-state.npz"
+
+
+def load_local_state(context: Context) -> State | None:
+    """The device's saved state, or None on its first round."""
+    if KEY in context.state.array_records:
+        return from_record(context.state.array_records[KEY])
+    path = _state_file(context)
+    if path is not None and path.exists():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    return None
+
+
+def save_local_state(context: Context, state: State) -> None:
+    """Keep ``state`` in ``context.state`` (and in ``state-dir`` when given)."""
+    context.state[KEY] = to_record(state)
+    path = _state_file(context)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **state)
+        tmp.replace(path)

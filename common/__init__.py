@@ -1,0 +1,1 @@
+"""Shared code: settings, data, models, learning, metrics, wire records."""

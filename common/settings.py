@@ -1,0 +1,316 @@
+"""Typed run settings: the one place that reads Flower's flat run config.
+
+Every default here equals the value under ``[tool.flwr.app.config]`` in
+``pyproject.toml`` (a test guards the drift). Keys are kebab-case with dotted
+sections, e.g. ``lora.rank``; unknown keys and impossible values are rejected
+before any work starts, with a message naming the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+METHODS = ("mlecs", "fedit", "standalone", "no-ccl", "no-amt", "no-mma", "no-seccl")
+DATASETS = ("hapt", "easyvqa", "manifest")
+SENSOR_ENCODERS = ("mlp", "cnn1d", "gru")
+IMAGE_ENCODERS = ("cnn", "mlp")
+TEXT_ENCODERS = ("bow", "gru")
+VECTOR_ENCODERS = ("mlp",)
+FUSIONS = ("mean", "attention", "gated")
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class _Section(BaseModel):
+    """Frozen, strict section: kebab-case aliases, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=_kebab, populate_by_name=True
+    )
+
+
+def _csv(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(value)
+
+
+class HaptSettings(_Section):
+    """UCI HAPT windowing and the natural per-user split."""
+
+    window: int = Field(128, ge=8, le=1024)  # 2.56 s at 50 Hz, as in UCI HAR
+    stride: int = Field(64, ge=1)
+    public_users: int = Field(6, ge=1, le=28)
+    include_transitions: bool = False
+
+
+class EasyVqaSettings(_Section):
+    """easy-VQA sampling and the Dirichlet client split."""
+
+    dirichlet_alpha: float = Field(0.5, gt=0)
+    pool_size: int = Field(6000, ge=100)  # questions drawn from the train set
+    public_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class ManifestSettings(_Section):
+    """A user's own data: a JSONL manifest read through ``datasets``."""
+
+    path: str = ""
+    dirichlet_alpha: float = Field(0.5, gt=0)
+    public_fraction: float = Field(0.2, gt=0, lt=1)
+    prompt: str = "Describe the input."
+
+
+class DataSettings(_Section):
+    """Sizes and splits shared by every dataset."""
+
+    test_fraction: float = Field(0.25, gt=0, lt=1)
+    max_train_per_client: int = Field(192, ge=4)
+    max_test_per_client: int = Field(48, ge=2)
+    public_share_fraction: float = Field(0.15, gt=0, le=1)
+    max_public_train: int = Field(384, ge=4)
+    max_public_test: int = Field(96, ge=2)
+    hapt: HaptSettings = HaptSettings()
+    easyvqa: EasyVqaSettings = EasyVqaSettings()
+    manifest: ManifestSettings = ManifestSettings()
+
+
+class ModalitySettings(_Section):
+    """Which modalities each client holds, and per-sample dropout."""
+
+    scenario: Literal["full", "mixed"] = "mixed"
+    unimodal_fraction: float = Field(0.5, ge=0, le=1)
+    missing_rate: float = Field(0.1, ge=0, lt=1)
+
+
+class TinyBackboneSettings(_Section):
+    """A Llama-style causal LM built from a config (no download)."""
+
+    hidden: int = Field(96, ge=16)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    vocab: int = Field(384, ge=64)
+    pretrain_steps: int = Field(150, ge=0)
+
+
+class ModelSettings(_Section):
+    """Encoders, connector and backbone of the edge model."""
+
+    sensor_encoders: tuple[str, ...] = ("mlp", "cnn1d", "gru")
+    image_encoders: tuple[str, ...] = ("cnn",)
+    text_encoders: tuple[str, ...] = ("bow", "gru")
+    fusions: tuple[str, ...] = ("mean", "attention", "gated")
+    encoder_dim: int = Field(64, ge=4)
+    embed_dim: int = Field(64, ge=4)
+    fused_dim: int = Field(256, ge=4)
+    soft_tokens: int = Field(4, ge=1, le=64)
+    backbone: str = "tiny"  # "tiny" or a local Hugging Face model directory
+    tiny: TinyBackboneSettings = TinyBackboneSettings()
+
+    _csv_fields = field_validator(
+        "sensor_encoders", "image_encoders", "text_encoders", "fusions", mode="before"
+    )(_csv)
+
+    @field_validator("sensor_encoders", "image_encoders", "text_encoders", "fusions")
+    @classmethod
+    def _known(cls, value: tuple[str, ...], info: Any) -> tuple[str, ...]:
+        allowed = {
+            "sensor_encoders": SENSOR_ENCODERS,
+            "image_encoders": IMAGE_ENCODERS,
+            "text_encoders": TEXT_ENCODERS,
+            "fusions": FUSIONS,
+        }[info.field_name]
+        if not value:
+            raise ValueError("needs at least one entry")
+        bad = [v for v in value if v not in allowed]
+        if bad:
+            raise ValueError(f"unknown {bad}, expected some of {list(allowed)}")
+        return value
+
+
+class LoraSettings(_Section):
+    """Shared (federated) and private (on-device) LoRA adapters."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    private_rank: int = Field(4, ge=1)
+    private_alpha: float = Field(8.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "down_proj")
+
+    _csv_targets = field_validator("targets", mode="before")(_csv)
+
+
+class TrainSettings(_Section):
+    """Local optimisation and generation on a device."""
+
+    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(1, ge=1)
+    max_steps: int = Field(0, ge=0)  # 0 = one pass per epoch
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_new_tokens: int = Field(6, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+
+
+class StrategySettings(_Section):
+    """Sampling and robustness of the server strategy."""
+
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    fraction_evaluate: float = Field(1.0, ge=0, le=1)
+    min_nodes: int = Field(2, ge=1)
+    round_timeout: float = Field(3600.0, gt=0)
+
+
+class EvalSettings(_Section):
+    """Metrics computed every round."""
+
+    bertscore: bool = True
+    bertscore_model: str = ""  # empty = the packaged all-MiniLM-L6-v2
+
+
+class ServerSettings(_Section):
+    """The cloud model trained by the ServerApp on the public data."""
+
+    backbone: str = "edge"  # "edge" (same as the devices), "tiny" or a local path
+    steps: int = Field(12, ge=0)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-3, gt=0)
+
+
+class CclSettings(_Section):
+    """Cross-modal contrastive learning (GRAM volume InfoNCE)."""
+
+    temperature: float = Field(0.07, gt=0)  # GRAM's default
+    label_smoothing: float = Field(0.1, ge=0, lt=1)  # GRAM's default
+    weight: float = Field(0.1, ge=0)
+
+
+class SecclSettings(_Section):
+    """SLM-enhanced CCL: the cloud-edge terms through the fused space."""
+
+    weight: float = Field(0.1, ge=0)  # device term, server z^s as anchor
+    server_weight: float = Field(0.1, ge=0)  # cloud term, edge consensus as anchor
+
+
+class MmaSettings(_Section):
+    """Modality-aware aggregation and its robust damping."""
+
+    beta: float = Field(1.0, ge=0)  # w_i ~ n_i * (|M_i| / |M|) ** beta
+    clip_factor: float = Field(2.0, ge=0)  # clip update norms at factor x median; 0 = off
+    disagreement: float = Field(1.0, ge=0)  # down-weight updates against consensus; 0 = off
+    max_update_bytes: int = Field(64 * 2**20, ge=1)
+
+
+class RunSettings(_Section):
+    """Everything a run is configured by."""
+
+    method: Literal[METHODS] = "fedit"  # type: ignore[valid-type]
+    dataset: Literal[DATASETS] = "hapt"  # type: ignore[valid-type]
+    num_server_rounds: int = Field(5, ge=1)
+    seed: int = 0
+    output_dir: str = "outputs"
+    run_name: str = ""
+    cache_dir: str = ""  # empty = $MLECS_CACHE_DIR or ~/.cache/mlecs-flower
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataSettings = DataSettings()
+    modality: ModalitySettings = ModalitySettings()
+    model: ModelSettings = ModelSettings()
+    lora: LoraSettings = LoraSettings()
+    train: TrainSettings = TrainSettings()
+    strategy: StrategySettings = StrategySettings()
+    eval: EvalSettings = EvalSettings()
+    server: ServerSettings = ServerSettings()
+    ccl: CclSettings = CclSettings()
+    seccl: SecclSettings = SecclSettings()
+    mma: MmaSettings = MmaSettings()
+
+    @property
+    def components(self) -> Components:
+        """Which ML-ECS components and exchanges the method switches on."""
+        return Components.for_method(self.method)
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
+        """Parse Flower's flat, dotted run config.
+
+        Raises
+        ------
+        ConfigError
+            On an unknown key or an impossible value; the message names it.
+        """
+        nested: dict[str, Any] = {}
+        for key, value in dict(run_config).items():
+            node = nested
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"config key '{key}' clashes with a scalar")
+            node[leaf] = value
+        try:
+            return cls.model_validate(nested)
+        except ValidationError as err:
+            raise ConfigError(_describe(err)) from None
+
+
+class Components(BaseModel):
+    """Switches derived from ``method`` (one place decides what each method does)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    federated: bool  # shared LoRA is uploaded and aggregated
+    ccl: bool
+    amt: bool
+    mma: bool
+    seccl: bool
+
+    @classmethod
+    def for_method(cls, method: str) -> Components:
+        if method == "standalone":
+            return cls(federated=False, ccl=False, amt=False, mma=False, seccl=False)
+        if method == "fedit":
+            return cls(federated=True, ccl=False, amt=False, mma=False, seccl=False)
+        full = {"ccl": True, "amt": True, "mma": True, "seccl": True}
+        if method.startswith("no-"):
+            full[method[3:]] = False
+        return cls(federated=True, **full)
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be run."""
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        else:
+            lines.append(
+                f"config key '{key}' = {e.get('input')!r}: {e['msg']}".rstrip()
+            )
+    return "invalid run config: " + "; ".join(lines)
+
+
+def flatten(settings: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Return the flat, dotted kebab-case view of ``settings``.
+
+    Lists become comma-separated strings, as Flower's run config holds scalars.
+    """
+    out: dict[str, Any] = {}
+    for name, field in type(settings).model_fields.items():
+        key = prefix + (field.alias or name)
+        value = getattr(settings, name)
+        if isinstance(value, BaseModel):
+            out.update(flatten(value, key + "."))
+        elif isinstance(value, tuple):
+            out[key] = ",".join(value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,1 @@
+"""The Flower ServerApp: strategy, aggregation, cloud model, outputs."""

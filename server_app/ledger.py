@@ -1,0 +1,78 @@
+"""Communication ledger: bytes per device per round, by kind, in both directions."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from flwr.app import RecordDict
+
+from common.records import ANCHORS, ARRAYS, REPS
+from common.state import HEAD, LORA
+
+KINDS = ("lora_down", "heads_down", "reps_down", "lora_up", "heads_up", "reps_up", "metrics")
+
+
+def _array_bytes(content: RecordDict, key: str, prefix: str | None = None) -> int:
+    if key not in content.array_records:
+        return 0
+    rec = content.array_records[key]
+    return sum(
+        len(a.data) for name, a in rec.items() if prefix is None or name.startswith(prefix)
+    )
+
+
+def _small_bytes(content: RecordDict) -> int:
+    # Metric and config records are tiny; count their keys and 8-byte values.
+    total = 0
+    for rec in list(content.metric_records.values()) + list(content.config_records.values()):
+        for k, v in rec.items():
+            total += len(k) + (len(v) if isinstance(v, (str, bytes)) else 8)
+    return total
+
+
+class Ledger:
+    """Accumulates payload bytes per device for the current round."""
+
+    def __init__(self) -> None:
+        self.round: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(KINDS, 0))
+
+    def reset(self) -> None:
+        """Start a new round."""
+        self.round.clear()
+
+    def add_down(self, node: int, content: RecordDict) -> None:
+        """Count a server -> device message."""
+        row = self.round[node]
+        row["lora_down"] += _array_bytes(content, ARRAYS, LORA)
+        row["heads_down"] += _array_bytes(content, ARRAYS, HEAD)
+        row["reps_down"] += _array_bytes(content, ANCHORS)
+        row["metrics"] += _small_bytes(content)
+
+    def add_up(self, node: int, content: RecordDict) -> None:
+        """Count a device -> server message."""
+        row = self.round[node]
+        row["lora_up"] += _array_bytes(content, ARRAYS, LORA)
+        row["heads_up"] += _array_bytes(content, ARRAYS, HEAD)
+        row["reps_up"] += _array_bytes(content, REPS)
+        row["metrics"] += _small_bytes(content)
+
+    def summary(self, edge_param_bytes: int) -> dict[str, float]:
+        """Mean bytes per device this round, by kind, and the ratio to the model.
+
+        ``ratio`` is (bytes up + bytes down per device) / edge model parameter bytes.
+        """
+        nodes = list(self.round.values())
+        if not nodes:
+            return {}
+        mean = {k: sum(n[k] for n in nodes) / len(nodes) for k in KINDS}
+        up = mean["lora_up"] + mean["heads_up"] + mean["reps_up"]
+        down = mean["lora_down"] + mean["heads_down"] + mean["reps_down"]
+        # metrics flow both ways; they are counted once, on the upload side.
+        up += mean["metrics"]
+        return {
+            **{f"bytes_{k}": v for k, v in mean.items()},
+            "bytes_up_per_client_round": up,
+            "bytes_down_per_client_round": down,
+            "edge_model_param_bytes": edge_param_bytes,
+            "ratio": (up + down) / edge_param_bytes if edge_param_bytes else float("nan"),
+        }

@@ -1,0 +1,107 @@
+"""Run outputs: resolved config, one JSON line per round, summary and a plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from common.metrics import BERTSCORE_NAME
+from common.settings import RunSettings, flatten
+
+# Metrics that the summary's "final" block reports for both sides.
+FINAL_KEYS = ("rouge_lsum", "bertscore_f1", "f1")
+
+
+def default_run_name(settings: RunSettings) -> str:
+    """``<method>-<dataset>-s<seed>-<UTC time>`` unless ``run-name`` is set."""
+    if settings.run_name:
+        return settings.run_name
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{settings.method}-{settings.dataset}-s{settings.seed}-{stamp}"
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN: write null instead of an invalid token.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+class Recorder:
+    """Writes ``<output-dir>/<run-name>/``: config.json, rounds.jsonl, summary.json, metrics.png."""
+
+    def __init__(self, settings: RunSettings, resume: bool = False) -> None:
+        self.settings = settings
+        self.dir = Path(settings.output_dir).expanduser() / default_run_name(settings)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rounds_path = self.dir / "rounds.jsonl"
+        self.history: list[dict[str, Any]] = []
+        if resume and self.rounds_path.exists():
+            self.history = [json.loads(x) for x in self.rounds_path.read_text().splitlines() if x]
+        else:
+            self.rounds_path.write_text("")
+        (self.dir / "config.json").write_text(
+            json.dumps({"run_config": flatten(settings), "bertscore_model": BERTSCORE_NAME}, indent=2)
+        )
+
+    def record_round(self, record: dict[str, Any]) -> None:
+        """Append one round's record (must hold ``round``)."""
+        record = _clean(record)
+        self.history = [r for r in self.history if r["round"] != record["round"]] + [record]
+        with self.rounds_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write ``summary.json`` and ``metrics.png``; return the summary."""
+        last = self.history[-1] if self.history else {}
+        final = {}
+        for side in ("client", "server"):
+            for key in FINAL_KEYS:
+                final[f"{side}_{key}"] = last.get(f"{side}_{key}")
+        summary = {
+            "method": self.settings.method,
+            "dataset": self.settings.dataset,
+            "seed": self.settings.seed,
+            "rounds": len([r for r in self.history if r["round"] > 0]),
+            "bertscore_model": BERTSCORE_NAME,
+            "final": final,
+            "first_round": {k: self.history[0].get(k) for k in final} if self.history else {},
+            **(extra or {}),
+        }
+        (self.dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2))
+        self.plot()
+        return summary
+
+    def plot(self) -> None:
+        """Metrics per round, client average and server, one panel per metric."""
+        if not self.history:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(FINAL_KEYS), figsize=(4 * len(FINAL_KEYS), 3.2))
+        rounds = [r["round"] for r in self.history]
+        for ax, key in zip(axes, FINAL_KEYS):
+            for side, style in (("client", "o-"), ("server", "s--")):
+                ys = [r.get(f"{side}_{key}") for r in self.history]
+                pts = [(x, y) for x, y in zip(rounds, ys) if y is not None]
+                if pts:
+                    ax.plot(*zip(*pts), style, label=side)
+            name = f"BERTScore F1 ({BERTSCORE_NAME})" if key == "bertscore_f1" else key
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("round")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{self.settings.method} on {self.settings.dataset} (seed {self.settings.seed})")
+        fig.tight_layout()
+        fig.savefig(self.dir / "metrics.png", dpi=100)
+        plt.close(fig)
