@@ -85,7 +85,9 @@ def identity_from_node_config(node_config: dict) -> DeviceIdentity:
     try:
         pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
     except KeyError as err:
-        raise ValueError(f"node config lacks {err}; pass --node-config 'partition-id=.. num-partitions=..'") from None
+        raise ValueError(
+            f"node config lacks {err}; pass --node-config 'partition-id=.. num-partitions=..'"
+        ) from None
     mods = node_config.get("modalities")
     held = tuple(m.strip() for m in str(mods).split(",") if m.strip()) if mods else None
     return DeviceIdentity(pid, n, held)

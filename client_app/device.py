@@ -187,16 +187,28 @@ class Device:
         gate = m.gate.values()
         metrics.update({"gate_shared": gate[SHARED], "gate_private": gate[PRIVATE]})
         return DeviceUpdate(
-            delta=delta, rep_ids=rep_ids, reps=reps, num_examples=len(trained_on),
-            modalities=data.modalities, modality_counts=_held_counts(trained_on, data.modalities),
+            delta=delta,
+            rep_ids=rep_ids,
+            reps=reps,
+            num_examples=len(trained_on),
+            modalities=data.modalities,
+            modality_counts=_held_counts(trained_on, data.modalities),
             metrics=metrics,
         )
 
     def _stage(self, data, params, rng, extra: ExtraLoss | None) -> dict[str, float]:
         t = self.settings.train
         return train_steps(
-            self.model, data, params, batch_size=t.batch_size, epochs=t.epochs,
-            max_steps=t.max_steps, lr=t.lr, weight_decay=t.weight_decay, rng=rng, extra=extra,
+            self.model,
+            data,
+            params,
+            batch_size=t.batch_size,
+            epochs=t.epochs,
+            max_steps=t.max_steps,
+            lr=t.lr,
+            weight_decay=t.weight_decay,
+            rng=rng,
+            extra=extra,
         )
 
     def _ccl_term(self) -> ExtraLoss:
@@ -231,8 +243,12 @@ class Device:
         """Score the device's model on its private test split."""
         t = self.settings.train
         return evaluate(
-            self.model, self.data.test, self.task, self.settings.eval,
-            t.eval_batch_size, t.max_new_tokens,
+            self.model,
+            self.data.test,
+            self.task,
+            self.settings.eval,
+            t.eval_batch_size,
+            t.max_new_tokens,
         )
 
 

@@ -36,7 +36,7 @@ class AdapterGate(nn.Module):
 
     def values(self) -> dict[str, float]:
         """Current gate value per adapter."""
-        return {a: float(self.gmax * torch.sigmoid(t)) for a, t in self.theta.items()}
+        return {a: float(self.gmax * torch.sigmoid(t.detach())) for a, t in self.theta.items()}
 
     def attach(self, model: nn.Module) -> AdapterGate:
         """Hook every LoRA layer of ``model`` (call after all adapters exist)."""
@@ -64,16 +64,20 @@ def add_adapters(model: PreTrainedModel, cfg: LoraSettings) -> PeftModel:
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in cfg.targets if t not in names]
     if missing:
-        raise ConfigError(
-            f"config key 'lora.targets': {missing} are not modules of the backbone"
-        )
+        raise ConfigError(f"config key 'lora.targets': {missing} are not modules of the backbone")
     shared = LoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-        target_modules=list(cfg.targets), bias="none",
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.targets),
+        bias="none",
     )
     private = LoraConfig(
-        r=cfg.private_rank, lora_alpha=cfg.private_alpha, lora_dropout=cfg.dropout,
-        target_modules=list(cfg.targets), bias="none",
+        r=cfg.private_rank,
+        lora_alpha=cfg.private_alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.targets),
+        bias="none",
     )
     peft_model = get_peft_model(model, shared, adapter_name=SHARED)
     peft_model.add_adapter(PRIVATE, private)

@@ -110,14 +110,10 @@ class Connector(nn.Module):
         self.hidden_size = hidden_size
         # The per-modality heads are the "shared heads": same shape on every device
         # that holds the modality, so the server can average them per modality.
-        self.heads = nn.ModuleDict(
-            {m: nn.Linear(encoder_dim, embed_dim) for m in self.modalities}
-        )
+        self.heads = nn.ModuleDict({m: nn.Linear(encoder_dim, embed_dim) for m in self.modalities})
         self.fusion = FUSION_CLASSES[fusion](embed_dim)
         self.to_fused = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, fused_dim))
-        self.to_prompt = nn.Sequential(
-            nn.GELU(), nn.Linear(fused_dim, soft_tokens * hidden_size)
-        )
+        self.to_prompt = nn.Sequential(nn.GELU(), nn.Linear(fused_dim, soft_tokens * hidden_size))
 
     def embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Map encoder features into the shared space.

@@ -97,9 +97,7 @@ class ImageMLP(nn.Module):
     def __init__(self, channels: int, out_dim: int) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(16)
-        self.net = nn.Sequential(
-            nn.Linear(channels * 256, 128), nn.GELU(), nn.Linear(128, out_dim)
-        )
+        self.net = nn.Sequential(nn.Linear(channels * 256, 128), nn.GELU(), nn.Linear(128, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C) -> (B, out_dim)``."""

@@ -60,16 +60,24 @@ def edge_model(
     task = task or task_info(settings)
     m = settings.model
     choices = {
-        "sensor": m.sensor_encoders, "image": m.image_encoders,
-        "text": m.text_encoders, "vector": ("mlp",),
+        "sensor": m.sensor_encoders,
+        "image": m.image_encoders,
+        "text": m.text_encoders,
+        "vector": ("mlp",),
     }
     specs = {s.name: s for s in task.specs}
     kinds = {name: encoder_kind(specs[name], choices, slot) for name in held}
     fusion = m.fusions[slot % len(m.fusions)]
     torch.manual_seed(settings.seed * 100_003 + slot)
     model = MultimodalLM(
-        task.specs, held, kinds, fusion, m, backbone_for(settings, task, m.backbone),
-        settings.lora, task.prompt,
+        task.specs,
+        held,
+        kinds,
+        fusion,
+        m,
+        backbone_for(settings, task, m.backbone),
+        settings.lora,
+        task.prompt,
     )
     return model.to(device_torch(settings))
 
@@ -79,14 +87,22 @@ def cloud_model(settings: RunSettings, task: TaskInfo | None = None) -> Multimod
     task = task or task_info(settings)
     m = settings.model
     choices = {
-        "sensor": m.sensor_encoders, "image": m.image_encoders,
-        "text": m.text_encoders, "vector": ("mlp",),
+        "sensor": m.sensor_encoders,
+        "image": m.image_encoders,
+        "text": m.text_encoders,
+        "vector": ("mlp",),
     }
     kinds = {s.name: encoder_kind(s, choices, 0) for s in task.specs}
     torch.manual_seed(settings.seed * 100_003 - 1)
     spec = m.backbone if settings.server.backbone == "edge" else settings.server.backbone
     model = MultimodalLM(
-        task.specs, tuple(kinds), kinds, m.fusions[0], m,
-        backbone_for(settings, task, spec), settings.lora, task.prompt,
+        task.specs,
+        tuple(kinds),
+        kinds,
+        m.fusions[0],
+        m,
+        backbone_for(settings, task, spec),
+        settings.lora,
+        task.prompt,
     )
     return model.to(device_torch(settings))

@@ -91,7 +91,9 @@ def train_steps(
 
 
 @torch.no_grad()
-def predict(model: MultimodalLM, data: SampleSet, batch_size: int, max_new_tokens: int) -> list[str]:
+def predict(
+    model: MultimodalLM, data: SampleSet, batch_size: int, max_new_tokens: int
+) -> list[str]:
     """Generated text for every sample of ``data``."""
     model.eval()
     out: list[str] = []

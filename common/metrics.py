@@ -31,9 +31,12 @@ def _sentence_splitter():
 
 @lru_cache(maxsize=1)
 def _rouge_scorer():
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer, tokenizers
 
-    return rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
+    # Passing the tokenizer explicitly skips rouge_score's root-logger call, which
+    # would install a root handler and print every Flower log line twice.
+    tokenizer = tokenizers.DefaultTokenizer(use_stemmer=True)
+    return rouge_scorer.RougeScorer(["rougeLsum"], tokenizer=tokenizer)
 
 
 def rouge_lsum(predictions: list[str], references: list[str]) -> float:
@@ -110,9 +113,7 @@ def macro_f1(predictions: list[str], labels: np.ndarray, class_names: list[str])
         return float("nan")
     pred = np.array([text_to_label(p, class_names) for p in predictions])[keep]
     true = labels[keep]
-    return float(
-        f1_score(true, pred, labels=np.unique(true), average="macro", zero_division=0)
-    )
+    return float(f1_score(true, pred, labels=np.unique(true), average="macro", zero_division=0))
 
 
 def score(

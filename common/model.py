@@ -87,15 +87,23 @@ class MultimodalLM(nn.Module):
         self.encoders = nn.ModuleDict(
             {
                 s.name: build_encoder(
-                    s, encoder_kinds[s.name], cfg.encoder_dim, len(self.tokenizer),
+                    s,
+                    encoder_kinds[s.name],
+                    cfg.encoder_dim,
+                    len(self.tokenizer),
                     self.tokenizer.pad_token_id,
                 )
                 for s in self.specs
             }
         )
         self.connector = Connector(
-            self.held, cfg.encoder_dim, cfg.embed_dim, cfg.fused_dim, fusion,
-            cfg.soft_tokens, backbone.hidden_size,
+            self.held,
+            cfg.encoder_dim,
+            cfg.embed_dim,
+            cfg.fused_dim,
+            fusion,
+            cfg.soft_tokens,
+            backbone.hidden_size,
         )
         freeze_all(backbone.model)
         self.lm = add_adapters(backbone.model, lora)
@@ -121,16 +129,22 @@ class MultimodalLM(nn.Module):
             values = data.inputs[s.name][index]
             if s.kind == "text":
                 enc = tok(
-                    [str(v) for v in values], padding="max_length", truncation=True,
-                    max_length=TEXT_MAX_TOKENS, add_special_tokens=False, return_tensors="pt",
+                    [str(v) for v in values],
+                    padding="max_length",
+                    truncation=True,
+                    max_length=TEXT_MAX_TOKENS,
+                    add_special_tokens=False,
+                    return_tensors="pt",
                 )
                 inputs[s.name] = enc.input_ids.to(dev)
             else:
                 inputs[s.name] = torch.as_tensor(np.asarray(values, np.float32), device=dev)
         targets = [data.targets[i] for i in index]
         enc = tok(
-            [" " + t + tok.eos_token for t in targets], padding=True,
-            add_special_tokens=False, return_tensors="pt",
+            [" " + t + tok.eos_token for t in targets],
+            padding=True,
+            add_special_tokens=False,
+            return_tensors="pt",
         )
         target_ids = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
         return Batch(
@@ -171,8 +185,11 @@ class MultimodalLM(nn.Module):
         emb = self.lm.get_input_embeddings()(tgt.clamp(min=0))
         embeds = torch.cat([prefix, emb], 1)
         attn = torch.cat(
-            [torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device),
-             (tgt != -100).long()], 1,
+            [
+                torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device),
+                (tgt != -100).long(),
+            ],
+            1,
         )
         labels = torch.cat(
             [torch.full(prefix.shape[:2], -100, dtype=torch.long, device=self.device), tgt], 1
@@ -187,7 +204,11 @@ class MultimodalLM(nn.Module):
         attn = torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device)
         tok = self.tokenizer
         out = self.lm.generate(
-            inputs_embeds=prefix, attention_mask=attn, max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            inputs_embeds=prefix,
+            attention_mask=attn,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
         )
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]

@@ -15,7 +15,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from common.state import State
 
 ARRAYS, ANCHORS, REPS, CONFIG, METRICS, DEVICE = (
-    "arrays", "anchors", "reps", "config", "metrics", "device",
+    "arrays",
+    "anchors",
+    "reps",
+    "config",
+    "metrics",
+    "device",
 )
 NUM_EXAMPLES = "num-examples"  # Flower's default weighting key, kept verbatim
 COUNT_PREFIX = "count_"

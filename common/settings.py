@@ -292,9 +292,7 @@ def _describe(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{key}'")
         else:
-            lines.append(
-                f"config key '{key}' = {e.get('input')!r}: {e['msg']}".rstrip()
-            )
+            lines.append(f"config key '{key}' = {e.get('input')!r}: {e['msg']}".rstrip())
     return "invalid run config: " + "; ".join(lines)
 
 

@@ -24,16 +24,20 @@ def module_state(module: nn.Module, prefix: str = "") -> State:
 
 def load_module_state(module: nn.Module, state: State, prefix: str = "") -> None:
     """Load the ``prefix``-ed entries of ``state`` into ``module`` (strict)."""
-    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     ref = module.state_dict()
-    tensors = {k: torch.as_tensor(np.asarray(v)).to(ref[k].dtype) if k in ref else
-               torch.as_tensor(np.asarray(v)) for k, v in own.items()}
+    tensors = {
+        k: torch.as_tensor(np.asarray(v)).to(ref[k].dtype)
+        if k in ref
+        else torch.as_tensor(np.asarray(v))
+        for k, v in own.items()
+    }
     module.load_state_dict(tensors, strict=True)
 
 
 def select(state: State, prefix: str) -> State:
     """Entries of ``state`` under ``prefix``, prefix stripped."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def prefixed(state: State, prefix: str) -> State:

@@ -103,7 +103,9 @@ def _check_reps(c: Contribution, fused_dim: int, public_ids: set[int] | None) ->
         return []
     reps = np.asarray(c.reps)
     if reps.ndim != 2 or reps.shape != (len(c.rep_ids), fused_dim):
-        return [f"representations have shape {reps.shape}, expected ({len(c.rep_ids)}, {fused_dim})"]
+        return [
+            f"representations have shape {reps.shape}, expected ({len(c.rep_ids)}, {fused_dim})"
+        ]
     if not np.isfinite(reps).all():
         return ["representations have non-finite values"]
     if public_ids is not None and not set(map(int, c.rep_ids)) <= public_ids:
@@ -187,7 +189,9 @@ def aggregate_lora(
     scales, w = damp(vectors, weights, clip_factor, disagreement)
     out: State = {}
     for k in keys:
-        acc = sum(w[i] * scales[i] * np.asarray(c.delta[k], np.float64) for i, c in enumerate(contribs))
+        acc = sum(
+            w[i] * scales[i] * np.asarray(c.delta[k], np.float64) for i, c in enumerate(contribs)
+        )
         out[k] = np.asarray(acc, np.float32)
     return out, w
 

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 CHECKPOINT = "checkpoint.npz"
 
 
-def save_checkpoint(run_dir: Path, server_round: int, strategy: MlEcsStrategy, cloud: Cloud) -> Path:
+def save_checkpoint(
+    run_dir: Path, server_round: int, strategy: MlEcsStrategy, cloud: Cloud
+) -> Path:
     """Write ``<run_dir>/checkpoint.npz`` atomically (temp file + rename)."""
     arrays: dict[str, np.ndarray] = {
         **prefixed(strategy.global_state, "global/"),

@@ -91,13 +91,22 @@ class Cloud:
             return total
 
         params = (
-            list(m.encoders.parameters()) + list(m.connector.parameters())
+            list(m.encoders.parameters())
+            + list(m.connector.parameters())
             + adapter_parameters(m.lm, PRIVATE)
         )
         rng = np.random.default_rng([s.seed, 7919, server_round])
         out = train_steps(
-            m, self.data.public_train, params, batch_size=s.server.batch_size, epochs=1000,
-            max_steps=s.server.steps, lr=s.server.lr, weight_decay=0.0, rng=rng, extra=extra,
+            m,
+            self.data.public_train,
+            params,
+            batch_size=s.server.batch_size,
+            epochs=1000,
+            max_steps=s.server.steps,
+            lr=s.server.lr,
+            weight_decay=0.0,
+            rng=rng,
+            extra=extra,
         )
         return {f"server_{k}": v for k, v in out.items()}
 
@@ -109,8 +118,12 @@ class Cloud:
         """Score the cloud model on the public test split."""
         t = self.settings.train
         return evaluate(
-            self.model, self.data.public_test, self.task, self.settings.eval,
-            t.eval_batch_size, t.max_new_tokens,
+            self.model,
+            self.data.public_test,
+            self.task,
+            self.settings.eval,
+            t.eval_batch_size,
+            t.max_new_tokens,
         )
 
     def state(self) -> State:

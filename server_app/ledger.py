@@ -16,9 +16,7 @@ def _array_bytes(content: RecordDict, key: str, prefix: str | None = None) -> in
     if key not in content.array_records:
         return 0
     rec = content.array_records[key]
-    return sum(
-        len(a.data) for name, a in rec.items() if prefix is None or name.startswith(prefix)
-    )
+    return sum(len(a.data) for name, a in rec.items() if prefix is None or name.startswith(prefix))
 
 
 def _small_bytes(content: RecordDict) -> int:

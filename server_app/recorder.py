@@ -48,7 +48,9 @@ class Recorder:
         else:
             self.rounds_path.write_text("")
         (self.dir / "config.json").write_text(
-            json.dumps({"run_config": flatten(settings), "bertscore_model": BERTSCORE_NAME}, indent=2)
+            json.dumps(
+                {"run_config": flatten(settings), "bertscore_model": BERTSCORE_NAME}, indent=2
+            )
         )
 
     def record_round(self, record: dict[str, Any]) -> None:
@@ -100,8 +102,11 @@ class Recorder:
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("round")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle(f"{self.settings.method} on {self.settings.dataset} (seed {self.settings.seed})")
+            if ax.lines:
+                ax.legend(fontsize=8)
+        fig.suptitle(
+            f"{self.settings.method} on {self.settings.dataset} (seed {self.settings.seed})"
+        )
         fig.tight_layout()
         fig.savefig(self.dir / "metrics.png", dpi=100)
         plt.close(fig)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from logging import WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -107,8 +107,12 @@ class MlEcsStrategy(FedAvg):
                 rejected[node] = problem
                 continue
             problems = check_contribution(
-                contrib, self.global_state, self.all_modalities, s.model.fused_dim,
-                self.cloud.public_ids, s.mma.max_update_bytes,
+                contrib,
+                self.global_state,
+                self.all_modalities,
+                s.model.fused_dim,
+                self.cloud.public_ids,
+                s.mma.max_update_bytes,
             )
             if problems:
                 rejected[node] = "; ".join(problems)
@@ -153,14 +157,19 @@ class MlEcsStrategy(FedAvg):
             device = content.config_records[DEVICE]
             modalities = tuple(m for m in str(device["modalities"]).split(",") if m)
             counts = {
-                k[len(COUNT_PREFIX):]: int(v) for k, v in metrics.items()
+                k[len(COUNT_PREFIX) :]: int(v)
+                for k, v in metrics.items()
                 if k.startswith(COUNT_PREFIX)
             }
             rep_ids, reps = reps_from(content, REPS)
             return Contribution(
-                node_id=reply.metadata.src_node_id, delta=delta,
-                num_examples=int(metrics[NUM_EXAMPLES]), modalities=modalities,
-                modality_counts=counts, rep_ids=rep_ids, reps=reps,
+                node_id=reply.metadata.src_node_id,
+                delta=delta,
+                num_examples=int(metrics[NUM_EXAMPLES]),
+                modalities=modalities,
+                modality_counts=counts,
+                rep_ids=rep_ids,
+                reps=reps,
             ), ""
         except (KeyError, TypeError, ValueError) as err:
             return None, f"malformed reply ({type(err).__name__}: {err})"
@@ -175,7 +184,9 @@ class MlEcsStrategy(FedAvg):
             self.ledger.add_down(msg.metadata.dst_node_id, msg.content)
         return messages
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         """Mean of the devices' metrics (unweighted: every device counts once)."""
         self.client_metrics = {}
         for reply in replies:
@@ -192,6 +203,7 @@ class MlEcsStrategy(FedAvg):
         keys = set.intersection(*(set(m) for m in self.client_metrics.values()))
         mean = {
             k: float(np.mean([m[k] for m in self.client_metrics.values()]))
-            for k in sorted(keys) if k != NUM_EXAMPLES
+            for k in sorted(keys)
+            if k not in (NUM_EXAMPLES, "partition_id")
         }
         return MetricRecord(mean)

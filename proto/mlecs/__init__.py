@@ -1,0 +1,1 @@
+"""Protocol buffers of the ``mlecs`` package (generated code under versioned subpackages)."""

@@ -1,0 +1,135 @@
+"""MMA weights, per-modality heads and rejection of malformed contributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server_app.aggregation import (
+    Contribution,
+    aggregate_heads,
+    aggregate_lora,
+    aggregate_representations,
+    check_contribution,
+    damp,
+    mma_weights,
+)
+
+MODS = ("acc", "gyro")
+REF = {
+    "lora/x.lora_A.weight": np.zeros((2, 3), np.float32),
+    "head/acc/weight": np.zeros((2, 2), np.float32),
+    "head/gyro/weight": np.zeros((2, 2), np.float32),
+}
+
+
+def contrib(node, value, n, mods, counts=None, **kw):
+    delta = {"lora/x.lora_A.weight": np.full((2, 3), value, np.float32)}
+    for m in mods:
+        delta[f"head/{m}/weight"] = np.full((2, 2), value, np.float32)
+    return Contribution(node, delta, n, tuple(mods), counts or {m: n for m in mods}, **kw)
+
+
+def test_mma_weights_hand_computed():
+    cs = [contrib(1, 1.0, 10, MODS), contrib(2, 2.0, 10, ("acc",)), contrib(3, 3.0, 30, ("gyro",))]
+    # beta=1: 10*1, 10*0.5, 30*0.5 -> 10, 5, 15 of 30
+    np.testing.assert_allclose(mma_weights(cs, 2, 1.0), [1 / 3, 1 / 6, 1 / 2])
+    # beta=0 is FedAvg by example counts
+    np.testing.assert_allclose(mma_weights(cs, 2, 0.0), [0.2, 0.2, 0.6])
+    # beta=2: 10, 2.5, 7.5
+    np.testing.assert_allclose(mma_weights(cs, 2, 2.0), [0.5, 0.125, 0.375])
+
+
+def test_fedavg_when_no_damping():
+    cs = [contrib(1, 1.0, 10, MODS), contrib(2, 4.0, 30, MODS)]
+    delta, w = aggregate_lora(cs, mma_weights(cs, 2, 0.0), 0.0, 0.0)
+    np.testing.assert_allclose(delta["lora/x.lora_A.weight"], 0.25 * 1 + 0.75 * 4)
+    np.testing.assert_allclose(w, [0.25, 0.75])
+
+
+def test_heads_averaged_only_over_holders_by_modality_counts():
+    cs = [
+        contrib(1, 1.0, 10, MODS, {"acc": 10, "gyro": 2}),
+        contrib(2, 4.0, 10, ("acc",), {"acc": 30}),
+        contrib(3, 9.0, 10, ("gyro",), {"gyro": 6}),
+    ]
+    heads = aggregate_heads(cs)
+    np.testing.assert_allclose(heads["head/acc/weight"], (10 * 1 + 30 * 4) / 40)
+    np.testing.assert_allclose(heads["head/gyro/weight"], (2 * 1 + 6 * 9) / 8)
+
+
+def test_clipping_against_median_and_disagreement_damping():
+    vecs = [np.ones(4), np.ones(4) * 1.1, np.ones(4) * 100]
+    scales, _ = damp(vecs, np.full(3, 1 / 3), clip_factor=2.0, disagreement=0.0)
+    assert np.linalg.norm(vecs[2] * scales[2]) == pytest.approx(2 * np.linalg.norm(vecs[1]))
+    vecs = [np.ones(4), np.ones(4), -np.ones(4)]
+    _, w = damp(vecs, np.full(3, 1 / 3), clip_factor=0.0, disagreement=1.0)
+    assert w[2] < 1e-6 and w[0] == pytest.approx(0.5)
+
+
+def test_representations_weighted_per_public_id():
+    a = contrib(1, 0, 10, MODS, rep_ids=np.array([5, 7]), reps=np.array([[1.0], [2.0]], np.float32))
+    b = contrib(2, 0, 10, MODS, rep_ids=np.array([7]), reps=np.array([[4.0]], np.float32))
+    ids, z = aggregate_representations([a, b], np.array([0.25, 0.75]))
+    assert ids.tolist() == [5, 7]
+    np.testing.assert_allclose(z[:, 0], [1.0, (0.25 * 2 + 0.75 * 4) / 1.0])
+
+
+def _check(c, public=None):
+    return check_contribution(c, REF, MODS, 1, public, max_bytes=10_000)
+
+
+def test_valid_contribution_accepted():
+    assert _check(contrib(1, 0.5, 10, MODS)) == []
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (
+            lambda c: c.delta.__setitem__(
+                "lora/x.lora_A.weight", np.full((2, 3), np.nan, np.float32)
+            ),
+            "non-finite",
+        ),
+        (lambda c: c.delta.__setitem__("lora/evil", np.zeros(1, np.float32)), "unexpected"),
+        (
+            lambda c: c.delta.__setitem__("lora/x.lora_A.weight", np.zeros((3, 3), np.float32)),
+            "shape",
+        ),
+        (
+            lambda c: c.delta.__setitem__("lora/x.lora_A.weight", np.zeros((2, 3), np.float64)),
+            "dtype",
+        ),
+        (
+            lambda c: c.delta.__setitem__("lora/x.lora_A.weight", np.zeros((2, 3), np.int32)),
+            "dtype",
+        ),
+        (lambda c: c.delta.pop("lora/x.lora_A.weight"), "missing"),
+        (lambda c: c.delta.__setitem__("bias", np.zeros(2, np.float32)), "unexpected key"),
+        (
+            lambda c: c.delta.__setitem__("head/video/weight", np.zeros((2, 2), np.float32)),
+            "does not hold",
+        ),
+        (
+            lambda c: c.delta.__setitem__("lora/x.lora_A.weight", np.zeros((2, 3000), np.float32)),
+            "size",
+        ),
+        (lambda c: setattr(c, "modalities", ("acc", "smell")), "modality"),
+        (lambda c: setattr(c, "num_examples", 0), "num-examples"),
+    ],
+)
+def test_malformed_contributions_rejected_with_reason(tamper, reason):
+    c = contrib(1, 0.5, 10, MODS)
+    tamper(c)
+    problems = _check(c)
+    assert problems and any(reason in p for p in problems), problems
+
+
+def test_representations_only_for_public_ids():
+    ok = contrib(1, 0, 10, MODS, rep_ids=np.array([1, 2]), reps=np.zeros((2, 1), np.float32))
+    assert _check(ok, public={1, 2, 3}) == []
+    bad = contrib(1, 0, 10, MODS, rep_ids=np.array([1, 99]), reps=np.zeros((2, 1), np.float32))
+    assert any("not public" in p for p in _check(bad, public={1, 2, 3}))
+    wrong = contrib(1, 0, 10, MODS, rep_ids=np.array([1]), reps=np.zeros((1, 5), np.float32))
+    assert any("shape" in p for p in _check(wrong))

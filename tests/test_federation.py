@@ -1,0 +1,135 @@
+"""The real strategy and ClientApp handlers, in-process (no Ray): every method runs,
+bad replies are rejected while the round goes on, private state stays on the device."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from client_app.app import app as client_app
+from client_app.local_state import KEY, load_local_state
+from common.records import ARRAYS, REPS, from_record, to_record
+from common.settings import RunSettings
+from server_app.app import ServerRun
+
+
+def run_federation(grid_factory, config: dict, num_nodes: int = 3, intercept=None):
+    settings = RunSettings.from_run_config(config)
+    run = ServerRun(settings)
+    grid = grid_factory(client_app, config, num_nodes)
+    grid.intercept = intercept
+    run.strategy.start(
+        grid=grid,
+        initial_arrays=to_record(run.initial_state),
+        num_rounds=settings.num_server_rounds,
+        evaluate_fn=run.end_round,
+        train_config=ConfigRecord({}),
+    )
+    summary = run.finish()
+    return run, grid, summary
+
+
+@pytest.mark.parametrize(
+    "method", ["mlecs", "fedit", "standalone", "no-ccl", "no-amt", "no-mma", "no-seccl"]
+)
+def test_every_method_runs_two_rounds(grid_factory, tiny_config: dict, method: str):
+    config = {**tiny_config, "method": method, "run-name": method}
+    run, _, summary = run_federation(grid_factory, config)
+    rounds = [json.loads(x) for x in (run.recorder.dir / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert summary["method"] == method
+    for key in ("client_rouge_lsum", "server_rouge_lsum", "client_f1", "server_f1"):
+        assert summary["final"][key] is not None
+    comm = summary["comm"]
+    if method == "standalone":
+        assert comm["bytes_lora_up"] == 0 and comm["bytes_reps_up"] == 0
+    else:
+        assert comm["bytes_lora_up"] > 0
+    assert (comm["bytes_reps_up"] > 0) == (method in ("mlecs", "no-ccl", "no-amt", "no-mma"))
+    assert (run.recorder.dir / "checkpoint.npz").exists()
+
+
+def test_malformed_reply_is_rejected_and_round_goes_on(grid_factory, tiny_config, caplog):
+    # Prepare: node 102 sends NaNs in every round
+    def poison(reply: Message) -> Message:
+        if reply.metadata.src_node_id == 102 and ARRAYS in reply.content:
+            state = from_record(reply.content[ARRAYS])
+            state = {k: np.full_like(v, np.nan) for k, v in state.items()}
+            reply.content[ARRAYS] = to_record(state)
+        return reply
+
+    config = {**tiny_config, "method": "mlecs", "run-name": "poison"}
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        run, _, _ = run_federation(grid_factory, config, intercept=poison)
+    # Assert: rejected with a reason naming node and problem, others aggregated
+    assert any(
+        "node 102" in r.getMessage() and "non-finite" in r.getMessage() for r in caplog.records
+    )
+    rounds = [json.loads(x) for x in (run.recorder.dir / "rounds.jsonl").read_text().splitlines()]
+    assert all(
+        r["aggregation"]["rejected"] == 1 and r["aggregation"]["accepted"] == 2 for r in rounds
+    )
+    assert all(np.isfinite(v).all() for v in run.strategy.global_state.values())
+
+
+def test_client_error_reply_does_not_stop_the_round(grid_factory, tiny_config, caplog):
+    from flwr.app import Error
+
+    def fail(reply: Message) -> Message:
+        if reply.metadata.src_node_id == 101 and ARRAYS in reply.content:
+            err = Message(Error(code=2, reason="device exploded"), reply_to=reply)
+            err.metadata.__dict__["_src_node_id"] = 101
+            return err
+        return reply
+
+    config = {**tiny_config, "method": "fedit", "run-name": "err"}
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        run, _, _ = run_federation(grid_factory, config, intercept=fail)
+    assert run.strategy.round_info["accepted"] == 2
+    assert any("device exploded" in r.getMessage() for r in caplog.records)
+
+
+def test_reply_holds_only_shared_state_and_public_representations(grid_factory, tiny_config):
+    config = {**tiny_config, "method": "mlecs", "run-name": "reply"}
+    settings = RunSettings.from_run_config(config)
+    run = ServerRun(settings)
+    grid = grid_factory(client_app, config, 2)
+    msgs = list(
+        run.strategy.configure_train(1, to_record(run.initial_state), ConfigRecord({}), grid)
+    )
+    replies = grid.send_and_receive(msgs)
+    public = run.cloud.public_ids
+    for reply in replies:
+        delta = from_record(reply.content[ARRAYS])
+        assert delta and all(k.startswith(("lora/", "head/")) for k in delta)
+        assert not any("private" in k for k in delta)
+        ids = from_record(reply.content[REPS])["ids"]
+        assert len(ids) > 0 and set(ids.tolist()) <= public
+
+
+def test_private_state_persists_across_messages_and_restarts(grid_factory, tiny_config, tmp_path):
+    config = {**tiny_config, "method": "mlecs", "run-name": "state", "strategy.min-nodes": 1}
+    settings = RunSettings.from_run_config(config)
+    run = ServerRun(settings)
+    node_cfg = {"partition-id": 0, "num-partitions": 2, "state-dir": str(tmp_path / "dev")}
+    grid = grid_factory(client_app, config, 1, node_configs=[node_cfg])
+    msgs = list(
+        run.strategy.configure_train(1, to_record(run.initial_state), ConfigRecord({}), grid)
+    )
+    grid.send_and_receive(msgs)
+    ctx = grid.contexts[101]
+    saved = load_local_state(ctx)
+    assert saved and any(k.startswith("private/") for k in saved)
+    assert not any(k.startswith("shared/") for k in saved)  # federated: shared comes from server
+    # A restarted SuperNode has an empty context.state but the same state-dir.
+    fresh = Context(1, 101, node_cfg, RecordDict(), config)
+    assert KEY not in fresh.state.array_records
+    restored = load_local_state(fresh)
+    assert restored.keys() == saved.keys()
+    for k in saved:
+        np.testing.assert_array_equal(restored[k], saved[k])
