@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -15,12 +16,11 @@ from common.records import (
     METRICS,
     NUM_EXAMPLES,
     REPS,
+    as_float32,
     device_record,
-    from_record,
+    get_payload,
     metric_record,
-    reps_from,
-    reps_record,
-    to_record,
+    put_payload,
 )
 from common.settings import RunSettings
 
@@ -29,10 +29,20 @@ app = ClientApp()
 
 def _open_device(msg: Message, context: Context) -> tuple[Device, GlobalPayload]:
     settings = RunSettings.from_run_config(context.run_config)
+    # Validate everything received against its manifest before touching the model.
+    state, problems = get_payload(msg.content, ARRAYS, "GLOBAL_STATE")
+    anchors: dict = {}
+    if ANCHORS in msg.content.array_records:
+        anchors, more = get_payload(msg.content, ANCHORS, "ANCHORS")
+        problems += more
+    if problems:
+        raise ValueError("rejected server payload: " + "; ".join(problems))
     device = Device(settings, identity_from_node_config(context.node_config))
-    anchor_ids, anchors = reps_from(msg.content, ANCHORS)
-    state = from_record(msg.content.array_records[ARRAYS]) if ARRAYS in msg.content else {}
-    payload = GlobalPayload(state=state, anchor_ids=anchor_ids, anchors=anchors)
+    payload = GlobalPayload(
+        state=as_float32(state),
+        anchor_ids=anchors.get("ids", np.zeros(0, np.int64)),
+        anchors=anchors.get("z", np.zeros((0, 0), np.float32)).astype(np.float32),
+    )
     device.restore(load_local_state(context), payload)
     return device, payload
 
@@ -48,15 +58,22 @@ def train(msg: Message, context: Context) -> Message:
     # Reply: shared delta, representations of public ids, metrics, device manifest
     metrics = {NUM_EXAMPLES: update.num_examples, **update.metrics}
     metrics.update({COUNT_PREFIX + m: c for m, c in update.modality_counts.items()})
+    dtype, ident = device.settings.transport.dtype, device.ident
+    manifest = {
+        "modalities": update.modalities,
+        "counts": update.modality_counts,
+        "partition_id": ident.partition_id,
+    }
     content = RecordDict(
         {
-            ARRAYS: to_record(update.delta),
             METRICS: metric_record(metrics),
-            DEVICE: device_record(update.modalities, device.ident.partition_id),
+            DEVICE: device_record(update.modalities, ident.partition_id),
         }
     )
+    put_payload(content, ARRAYS, update.delta, "SHARED_DELTA", dtype, **manifest)
     if len(update.rep_ids):
-        content[REPS] = reps_record(update.rep_ids, update.reps)
+        reps = {"ids": update.rep_ids.astype(np.int64), "z": update.reps}
+        put_payload(content, REPS, reps, "REPRESENTATIONS", dtype, **manifest)
     return Message(content, reply_to=msg)
 
 

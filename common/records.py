@@ -13,6 +13,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from common.state import State
+from proto.manifest import build_manifest, manifest_from, manifest_record, validate_payload
 
 ARRAYS, ANCHORS, REPS, CONFIG, METRICS, DEVICE = (
     "arrays",
@@ -26,27 +27,67 @@ NUM_EXAMPLES = "num-examples"  # Flower's default weighting key, kept verbatim
 COUNT_PREFIX = "count_"
 
 
-def to_record(state: State) -> ArrayRecord:
-    """Pack a state dict (order kept) into an ArrayRecord."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+def to_record(state: State, dtype: str | None = None) -> ArrayRecord:
+    """Pack a state dict (order kept) into an ArrayRecord.
+
+    With ``dtype`` (e.g. ``"float16"``), floating-point arrays travel in that type.
+    """
+
+    def cast(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v)
+        return v.astype(dtype) if dtype and np.issubdtype(v.dtype, np.floating) else v
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(cast(v))) for k, v in state.items()})
 
 
 def from_record(record: ArrayRecord) -> State:
-    """Unpack an ArrayRecord into a state dict of numpy arrays."""
+    """Unpack an ArrayRecord into a state dict of numpy arrays (dtypes as sent)."""
     return {k: a.numpy() for k, a in record.items()}
 
 
-def reps_record(ids: np.ndarray, z: np.ndarray) -> ArrayRecord:
+def as_float32(state: State) -> State:
+    """Floating-point arrays of ``state`` as float32 (what models load)."""
+    return {
+        k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+        for k, v in state.items()
+    }
+
+
+def reps_record(ids: np.ndarray, z: np.ndarray, dtype: str = "float32") -> ArrayRecord:
     """Fused representations with their public sample ids."""
-    return to_record({"ids": np.asarray(ids, np.int64), "z": np.asarray(z, np.float32)})
+    return to_record({"ids": np.asarray(ids, np.int64), "z": np.asarray(z, dtype)})
 
 
-def reps_from(content: RecordDict, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, z)`` from ``content[key]``, empty arrays if absent."""
+def manifest_key(key: str) -> str:
+    """Key of the ConfigRecord holding the manifest of the ArrayRecord ``key``."""
+    return f"{key}-manifest"
+
+
+def put_payload(
+    content: RecordDict, key: str, state: State, kind: str, dtype: str | None = None, **manifest
+) -> None:
+    """Store ``state`` under ``key`` with its ``mlecs.v1.PayloadManifest``.
+
+    ``manifest`` holds the extra manifest fields (``role``, ``modalities``,
+    ``counts``, ``partition_id``); the tensors are described as they are sent.
+    """
+    record = to_record(state, dtype)
+    content[key] = record
+    content[manifest_key(key)] = manifest_record(
+        build_manifest(kind, from_record(record), **manifest)
+    )
+
+
+def get_payload(content: RecordDict, key: str, kind: str) -> tuple[State, list[str]]:
+    """The arrays under ``key`` and every way they contradict their manifest.
+
+    Apply the arrays only when the problem list is empty (never half-apply).
+    """
     if key not in content.array_records:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    rec = from_record(content.array_records[key])
-    return rec["ids"], rec["z"]
+        return {}, [f"no '{key}' payload"]
+    arrays = from_record(content.array_records[key])
+    manifest = manifest_from(content.config_records.get(manifest_key(key)))
+    return arrays, validate_payload(manifest, arrays, expected_kind=kind)
 
 
 def metric_record(values: dict[str, float | int]) -> MetricRecord:

@@ -206,6 +206,12 @@ class MmaSettings(_Section):
     max_update_bytes: int = Field(64 * 2**20, ge=1)
 
 
+class TransportSettings(_Section):
+    """How tensors travel: fp16 halves the bytes (the server aggregates in fp64)."""
+
+    dtype: Literal["float32", "float16"] = "float32"
+
+
 class RunSettings(_Section):
     """Everything a run is configured by."""
 
@@ -228,6 +234,7 @@ class RunSettings(_Section):
     ccl: CclSettings = CclSettings()
     seccl: SecclSettings = SecclSettings()
     mma: MmaSettings = MmaSettings()
+    transport: TransportSettings = TransportSettings()
 
     @property
     def components(self) -> Components:

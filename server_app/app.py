@@ -26,16 +26,7 @@ def main(grid: Grid, context: Context) -> None:
     # Parse and validate everything before any training: bad config fails here.
     settings = RunSettings.from_run_config(context.run_config)
     run = ServerRun(settings)
-    run.strategy.start(
-        grid=grid,
-        initial_arrays=to_record(run.initial_state),
-        num_rounds=settings.num_server_rounds,
-        timeout=settings.strategy.round_timeout,
-        train_config=ConfigRecord({}),
-        evaluate_config=ConfigRecord({}),
-        evaluate_fn=run.end_round,
-    )
-    summary = run.finish()
+    summary = run.run(grid)
     log(INFO, "results in %s (final %s)", run.recorder.dir, summary["final"])
 
 
@@ -52,7 +43,22 @@ class ServerRun:
         self.recorder = Recorder(settings)
         self.ledger = Ledger()
         self.strategy = MlEcsStrategy(settings, self.cloud, self.ledger)
+        self.strategy.global_state = dict(self.initial_state)
         self.comm: list[dict[str, float]] = []
+
+    def run(self, grid: Grid) -> dict:
+        """Run every round on ``grid``, then write the summary; return it."""
+        s = self.settings
+        self.strategy.start(
+            grid=grid,
+            initial_arrays=to_record(self.initial_state, s.transport.dtype),
+            num_rounds=s.num_server_rounds,
+            timeout=s.strategy.round_timeout,
+            train_config=ConfigRecord({}),
+            evaluate_config=ConfigRecord({}),
+            evaluate_fn=self.end_round,
+        )
+        return self.finish()
 
     def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """``evaluate_fn`` of the strategy: server evaluation, record, checkpoint."""

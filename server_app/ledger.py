@@ -9,7 +9,16 @@ from flwr.app import RecordDict
 from common.records import ANCHORS, ARRAYS, REPS
 from common.state import HEAD, LORA
 
-KINDS = ("lora_down", "heads_down", "reps_down", "lora_up", "heads_up", "reps_up", "metrics")
+KINDS = (
+    "lora_down",
+    "heads_down",
+    "reps_down",
+    "lora_up",
+    "heads_up",
+    "reps_up",
+    "manifests",
+    "metrics",
+)
 
 
 def _array_bytes(content: RecordDict, key: str, prefix: str | None = None) -> int:
@@ -19,10 +28,15 @@ def _array_bytes(content: RecordDict, key: str, prefix: str | None = None) -> in
     return sum(len(a.data) for name, a in rec.items() if prefix is None or name.startswith(prefix))
 
 
-def _small_bytes(content: RecordDict) -> int:
-    # Metric and config records are tiny; count their keys and 8-byte values.
+def _small_bytes(content: RecordDict, manifests: bool) -> int:
+    # Metric and config records are small; count their keys and 8-byte values.
     total = 0
-    for rec in list(content.metric_records.values()) + list(content.config_records.values()):
+    records = list(content.config_records.items())
+    if not manifests:
+        records += list(content.metric_records.items())
+    for name, rec in records:
+        if name.endswith("-manifest") != manifests:
+            continue
         for k, v in rec.items():
             total += len(k) + (len(v) if isinstance(v, (str, bytes)) else 8)
     return total
@@ -44,7 +58,8 @@ class Ledger:
         row["lora_down"] += _array_bytes(content, ARRAYS, LORA)
         row["heads_down"] += _array_bytes(content, ARRAYS, HEAD)
         row["reps_down"] += _array_bytes(content, ANCHORS)
-        row["metrics"] += _small_bytes(content)
+        row["manifests"] += _small_bytes(content, manifests=True)
+        row["metrics"] += _small_bytes(content, manifests=False)
 
     def add_up(self, node: int, content: RecordDict) -> None:
         """Count a device -> server message."""
@@ -52,7 +67,8 @@ class Ledger:
         row["lora_up"] += _array_bytes(content, ARRAYS, LORA)
         row["heads_up"] += _array_bytes(content, ARRAYS, HEAD)
         row["reps_up"] += _array_bytes(content, REPS)
-        row["metrics"] += _small_bytes(content)
+        row["manifests"] += _small_bytes(content, manifests=True)
+        row["metrics"] += _small_bytes(content, manifests=False)
 
     def summary(self, edge_param_bytes: int) -> dict[str, float]:
         """Mean bytes per device this round, by kind, and the ratio to the model.
@@ -65,8 +81,8 @@ class Ledger:
         mean = {k: sum(n[k] for n in nodes) / len(nodes) for k in KINDS}
         up = mean["lora_up"] + mean["heads_up"] + mean["reps_up"]
         down = mean["lora_down"] + mean["heads_down"] + mean["reps_down"]
-        # metrics flow both ways; they are counted once, on the upload side.
-        up += mean["metrics"]
+        # Metrics and manifests flow both ways; they are counted once, on the upload side.
+        up += mean["metrics"] + mean["manifests"]
         return {
             **{f"bytes_{k}": v for k, v in mean.items()},
             "bytes_up_per_client_round": up,

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from logging import WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -20,9 +20,10 @@ from common.records import (
     METRICS,
     NUM_EXAMPLES,
     REPS,
+    as_float32,
     from_record,
-    reps_from,
-    reps_record,
+    get_payload,
+    put_payload,
     to_record,
 )
 from common.settings import RunSettings
@@ -75,17 +76,20 @@ class MlEcsStrategy(FedAvg):
     ) -> Iterable[Message]:
         """Sample devices; attach each device's SE-CCL anchors."""
         self.round_started = time.time()
-        self.global_state = from_record(arrays)
+        if not self.global_state:  # round 1: the initial state (later rounds keep fp32 here)
+            self.global_state = as_float32(from_record(arrays))
         messages = list(super().configure_train(server_round, arrays, config, grid))
         comps = self.settings.components
         row = {int(i): r for r, i in enumerate(self.anchor_ids)}
+        dtype = self.settings.transport.dtype
         for msg in messages:
             node = msg.metadata.dst_node_id
+            self._own_content(msg)
             ids = self.node_public_ids.get(node, np.zeros(0, np.int64))
             if comps.seccl and len(ids) and row:
                 ids = np.array([i for i in ids if int(i) in row], np.int64)
-                z = self.anchors[[row[int(i)] for i in ids]]
-                msg.content[ANCHORS] = reps_record(ids, z)
+                anchors = {"ids": ids, "z": self.anchors[[row[int(i)] for i in ids]]}
+                put_payload(msg.content, ANCHORS, anchors, "ANCHORS", dtype, role="server")
             self.ledger.add_down(node, msg.content)
         return messages
 
@@ -146,13 +150,34 @@ class MlEcsStrategy(FedAvg):
             self.anchor_ids, self.anchors = self.cloud.representations()
         self.round_info = info
         metrics = MetricRecord({"accepted": len(accepted), "rejected": len(rejected)})
-        arrays = to_record(self.global_state) if self.global_state else ArrayRecord()
+        dtype = s.transport.dtype
+        arrays = to_record(self.global_state, dtype) if self.global_state else ArrayRecord()
         return arrays, metrics
+
+    def _own_content(self, msg: Message) -> None:
+        # FedAvg gives every message the same RecordDict: give each its own before
+        # adding per-device payloads, then put the global state (transport dtype)
+        # with its manifest.
+        msg.content = RecordDict(dict(msg.content))
+        put_payload(
+            msg.content,
+            ARRAYS,
+            self.global_state,
+            "GLOBAL_STATE",
+            self.settings.transport.dtype,
+            role="server",
+        )
 
     def _parse(self, reply: Message) -> tuple[Contribution | None, str]:
         content = reply.content
+        delta, problems = get_payload(content, ARRAYS, "SHARED_DELTA")
+        reps: dict = {}
+        if REPS in content.array_records:
+            reps, more = get_payload(content, REPS, "REPRESENTATIONS")
+            problems += more
+        if problems:
+            return None, "payload does not match its manifest: " + "; ".join(problems)
         try:
-            delta = from_record(content.array_records[ARRAYS])
             metrics = content.metric_records[METRICS]
             device = content.config_records[DEVICE]
             modalities = tuple(m for m in str(device["modalities"]).split(",") if m)
@@ -161,15 +186,14 @@ class MlEcsStrategy(FedAvg):
                 for k, v in metrics.items()
                 if k.startswith(COUNT_PREFIX)
             }
-            rep_ids, reps = reps_from(content, REPS)
             return Contribution(
                 node_id=reply.metadata.src_node_id,
                 delta=delta,
                 num_examples=int(metrics[NUM_EXAMPLES]),
                 modalities=modalities,
                 modality_counts=counts,
-                rep_ids=rep_ids,
-                reps=reps,
+                rep_ids=reps.get("ids", np.zeros(0, np.int64)),
+                reps=reps.get("z", np.zeros((0, 0), np.float32)),
             ), ""
         except (KeyError, TypeError, ValueError) as err:
             return None, f"malformed reply ({type(err).__name__}: {err})"
@@ -181,6 +205,7 @@ class MlEcsStrategy(FedAvg):
         """Send the new global state to the devices for personal evaluation."""
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         for msg in messages:
+            self._own_content(msg)
             self.ledger.add_down(msg.metadata.dst_node_id, msg.content)
         return messages
 

@@ -22,14 +22,7 @@ def run_federation(grid_factory, config: dict, num_nodes: int = 3, intercept=Non
     run = ServerRun(settings)
     grid = grid_factory(client_app, config, num_nodes)
     grid.intercept = intercept
-    run.strategy.start(
-        grid=grid,
-        initial_arrays=to_record(run.initial_state),
-        num_rounds=settings.num_server_rounds,
-        evaluate_fn=run.end_round,
-        train_config=ConfigRecord({}),
-    )
-    summary = run.finish()
+    summary = run.run(grid)
     return run, grid, summary
 
 
@@ -133,3 +126,41 @@ def test_private_state_persists_across_messages_and_restarts(grid_factory, tiny_
     assert restored.keys() == saved.keys()
     for k in saved:
         np.testing.assert_array_equal(restored[k], saved[k])
+
+
+def test_reply_that_contradicts_its_manifest_is_rejected(grid_factory, tiny_config, caplog):
+    # Prepare: node 103 adds a tensor its manifest does not declare
+    def smuggle(reply: Message) -> Message:
+        if reply.metadata.src_node_id == 103 and ARRAYS in reply.content:
+            state = from_record(reply.content[ARRAYS])
+            state["lora/extra"] = np.zeros(3, np.float32)
+            reply.content[ARRAYS] = to_record(state)
+        return reply
+
+    config = {**tiny_config, "method": "fedit", "run-name": "manifest", "num-server-rounds": 1}
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        run, _, _ = run_federation(grid_factory, config, intercept=smuggle)
+    assert run.strategy.round_info["rejected"] == 1
+    assert any(
+        "node 103" in r.getMessage() and "manifest" in r.getMessage() for r in caplog.records
+    )
+    assert "lora/extra" not in run.strategy.global_state
+
+
+def test_device_refuses_server_payload_that_contradicts_its_manifest(grid_factory, tiny_config):
+    config = {**tiny_config, "method": "fedit", "run-name": "bad-global"}
+    settings = RunSettings.from_run_config(config)
+    run = ServerRun(settings)
+    grid = grid_factory(client_app, config, 2)
+    msgs = list(
+        run.strategy.configure_train(1, to_record(run.initial_state), ConfigRecord({}), grid)
+    )
+    state = from_record(msgs[0].content[ARRAYS])
+    key = next(iter(state))
+    state[key] = state[key][:1]  # wrong shape
+    msgs[0].content[ARRAYS] = to_record(state)
+    replies = grid.send_and_receive(msgs)
+    assert replies[0].has_error() and "shape" in replies[0].error.reason
+    assert not replies[1].has_error(), replies[1].error.reason
+    bad_node = msgs[0].metadata.dst_node_id
+    assert load_local_state(grid.contexts[bad_node]) is None  # nothing applied or saved

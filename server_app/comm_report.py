@@ -1,0 +1,172 @@
+"""Communication accounting for an edge model, without training.
+
+Builds the payloads one device exchanges per round, with the same records and
+ledger the strategy uses (global state down for training and for evaluation,
+shared delta up, SE-CCL representations both ways, metrics), and prints the bytes
+and their ratio to the edge model's parameter bytes.
+
+Usage::
+
+    python -m server_app.comm_report --backbone smollm2-135m --set method=mlecs \
+        --set lora.targets=q_proj,v_proj --set transport.dtype=float16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+from flwr.app import RecordDict
+
+from common.records import (
+    ANCHORS,
+    ARRAYS,
+    METRICS,
+    REPS,
+    metric_record,
+    reps_record,
+    to_record,
+)
+from common.settings import RunSettings
+from server_app.experiment import _value
+from server_app.ledger import Ledger
+
+# Published SmolLM2-135M architecture (HuggingFaceTB/SmolLM2-135M config.json), so the
+# report can be made with no weights and no download.
+SMOLLM2_135M = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    max_position_embeddings=8192,
+    tie_word_embeddings=True,
+    rope_theta=100000.0,
+    rms_norm_eps=1e-5,
+)
+
+
+def build_backbone(name: str):
+    """An untrained causal LM: ``smollm2-135m`` or the config.json of a local directory."""
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if name == "smollm2-135m":
+        return LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M))
+    return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(name, local_files_only=True))
+
+
+def report(settings: RunSettings, backbone_name: str, public_share: int) -> dict:
+    """Per-device bytes per round by kind, and the ratio to the edge model.
+
+    Parameters
+    ----------
+    public_share : int
+        Public samples per device (the number of representations each way).
+    """
+    from common.adapters import SHARED, adapter_state, add_adapters
+    from common.connector import Connector
+    from common.state import HEAD, LORA, module_state, prefixed
+
+    comps = settings.components
+    lm = build_backbone(backbone_name)
+    edge_params = sum(p.numel() for p in lm.parameters())
+    model = add_adapters(lm, settings.lora)
+    state = prefixed(adapter_state(model, SHARED), LORA) if comps.federated else {}
+    m = settings.model
+    modalities = ("m0", "m1")  # a device holding two modalities (HAPT's acc and gyro)
+    if comps.mma:
+        conn = Connector(
+            modalities,
+            m.encoder_dim,
+            m.embed_dim,
+            m.fused_dim,
+            "mean",
+            m.soft_tokens,
+            lm.config.hidden_size,
+        )
+        for name in modalities:
+            state.update(prefixed(module_state(conn.heads[name]), f"{HEAD}{name}/"))
+    # Edge model = backbone + encoders + connector; the backbone dominates, and the
+    # ratio uses the backbone alone so it does not depend on the encoder choice.
+    dtype = settings.transport.dtype
+    ledger = Ledger()
+    n = public_share if comps.seccl else 0
+    ids, z = np.arange(n, dtype=np.int64), np.zeros((n, m.fused_dim), np.float32)
+    train_down = RecordDict({ARRAYS: to_record(state, dtype)})
+    if n:
+        train_down[ANCHORS] = reps_record(ids, z, dtype)
+    up = RecordDict(
+        {
+            ARRAYS: to_record(state, dtype),
+            METRICS: metric_record(
+                {
+                    "num-examples": 1,
+                    "count_m0": 1,
+                    "count_m1": 1,
+                    "shared_loss": 0.0,
+                    "private_loss": 0.0,
+                    "gate_shared": 1.0,
+                    "gate_private": 1.0,
+                }
+            ),
+        }
+    )
+    if n:
+        up[REPS] = reps_record(ids, z, dtype)
+    eval_down = RecordDict({ARRAYS: to_record(state, dtype)})
+    eval_up = RecordDict(
+        {
+            METRICS: metric_record(
+                {"num-examples": 1, "rouge_lsum": 0.0, "bertscore_f1": 0.0, "f1": 0.0}
+            )
+        }
+    )
+    for content in (train_down, eval_down):
+        ledger.add_down(0, content)
+    for content in (up, eval_up):
+        ledger.add_up(0, content)
+    out = ledger.summary(edge_params * 4)
+    out.update(
+        edge_model_params=edge_params,
+        backbone=backbone_name,
+        method=settings.method,
+        transport_dtype=dtype,
+        lora_targets=list(settings.lora.targets),
+        lora_rank=settings.lora.rank,
+        public_share=n,
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the communication report as JSON and one summary line."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--backbone",
+        default="smollm2-135m",
+        help="smollm2-135m (built from its published config) or a local HF directory",
+    )
+    p.add_argument(
+        "--public-share",
+        type=int,
+        default=58,
+        help="public samples per device (default: the HAPT default share)",
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    config = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    settings = RunSettings.from_run_config(config)
+    out = report(settings, args.backbone, args.public_share)
+    print(json.dumps(out, indent=2))
+    print(
+        f"{out['backbone']}: {out['edge_model_params'] / 1e6:.1f}M params; per device per round "
+        f"up {out['bytes_up_per_client_round'] / 1e6:.3f} MB, down "
+        f"{out['bytes_down_per_client_round'] / 1e6:.3f} MB = {100 * out['ratio']:.3f}% of "
+        f"the edge model's {out['edge_model_param_bytes'] / 1e6:.0f} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()
