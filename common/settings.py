@@ -137,8 +137,8 @@ class LoraSettings(_Section):
 
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
-    private_rank: int = Field(4, ge=1)
-    private_alpha: float = Field(8.0, gt=0)
+    private_rank: int = Field(8, ge=1)
+    private_alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "down_proj")
 
@@ -215,7 +215,7 @@ class TransportSettings(_Section):
 class RunSettings(_Section):
     """Everything a run is configured by."""
 
-    method: Literal[METHODS] = "fedit"  # type: ignore[valid-type]
+    method: Literal[METHODS] = "mlecs"  # type: ignore[valid-type]
     dataset: Literal[DATASETS] = "hapt"  # type: ignore[valid-type]
     num_server_rounds: int = Field(5, ge=1)
     seed: int = 0
