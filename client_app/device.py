@@ -5,14 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from common.adapters import PRIVATE, SHARED, adapter_parameters, adapter_state, load_adapter_state
-from common.contrastive import ccl_loss, volume_infonce
 from common.datasets import build_client_data, task_info
 from common.factory import edge_model
-from common.learning import ExtraLoss, evaluate, fused_representations, train_steps
-from common.model import Batch, MultimodalLM
+from common.learning import (
+    ExtraLoss,
+    anchor_term,
+    ccl_term,
+    evaluate,
+    fused_representations,
+    sum_terms,
+    train_steps,
+)
+from common.model import MultimodalLM
 from common.samples import ClientData
 from common.settings import RunSettings
 from common.state import (
@@ -159,12 +165,12 @@ class Device:
         conn = list(m.connector.parameters())
         enc = list(m.encoders.parameters())
         shared = adapter_parameters(m.lm, SHARED)
-        ccl = self._ccl_term() if comps.ccl else None
+        ccl = ccl_term(s.ccl) if comps.ccl else None
         metrics: dict[str, float] = {}
         if comps.amt:
             # Shared stage on the public share: encoders frozen.
             seccl = self._seccl_term(payload) if comps.seccl else None
-            out = self._stage(data.public, conn + shared, rng, _sum_terms(ccl, seccl))
+            out = self._stage(data.public, conn + shared, rng, sum_terms(ccl, seccl))
             metrics.update({f"shared_{k}": v for k, v in out.items()})
             # Private stage on private data: private LoRA and the gate adapt.
             private = adapter_parameters(m.lm, PRIVATE) + list(m.gate.parameters())
@@ -176,7 +182,7 @@ class Device:
             extra = ccl
             if comps.seccl:
                 trained_on = _concat(data.train, data.public)
-                extra = _sum_terms(ccl, self._seccl_term(payload))
+                extra = sum_terms(ccl, self._seccl_term(payload))
             out = self._stage(trained_on, enc + conn + shared, rng, extra)
             metrics.update({f"train_{k}": v for k, v in out.items()})
         if comps.seccl:
@@ -196,6 +202,11 @@ class Device:
             metrics=metrics,
         )
 
+    def _seccl_term(self, payload: GlobalPayload) -> ExtraLoss | None:
+        return anchor_term(
+            payload.anchor_ids, payload.anchors, self.settings.seccl.weight, self.settings.ccl
+        )
+
     def _stage(self, data, params, rng, extra: ExtraLoss | None) -> dict[str, float]:
         t = self.settings.train
         return train_steps(
@@ -211,33 +222,6 @@ class Device:
             extra=extra,
         )
 
-    def _ccl_term(self) -> ExtraLoss:
-        c = self.settings.ccl
-
-        def term(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-            return c.weight * ccl_loss(e, batch.mask, c.temperature, c.label_smoothing)
-
-        return term
-
-    def _seccl_term(self, payload: GlobalPayload) -> ExtraLoss | None:
-        if len(payload.anchor_ids) == 0:
-            return None
-        row = {int(i): r for r, i in enumerate(payload.anchor_ids)}
-        anchors = torch.as_tensor(payload.anchors, dtype=torch.float32, device=self.model.device)
-        c, w = self.settings.ccl, self.settings.seccl.weight
-
-        def term(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
-            hit = [(k, row[int(i)]) for k, i in enumerate(batch.ids) if int(i) in row]
-            if len(hit) < 2:
-                return None
-            rows = torch.tensor([k for k, _ in hit], device=z.device)
-            anchor = anchors[torch.tensor([r for _, r in hit], device=z.device)]
-            return w * volume_infonce(
-                anchor, z[rows].unsqueeze(1), None, c.temperature, c.label_smoothing
-            )
-
-        return term
-
     # -------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
         """Score the device's model on its private test split."""
@@ -250,18 +234,6 @@ class Device:
             t.eval_batch_size,
             t.max_new_tokens,
         )
-
-
-def _sum_terms(*terms: ExtraLoss | None) -> ExtraLoss | None:
-    active = [t for t in terms if t is not None]
-    if not active:
-        return None
-
-    def total(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
-        parts = [p for p in (t(batch, e, z) for t in active) if p is not None]
-        return sum(parts) if parts else None
-
-    return total
 
 
 def _concat(a, b):

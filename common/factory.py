@@ -13,7 +13,7 @@ from common.datasets import cache_root, task_info
 from common.encoders import encoder_kind
 from common.model import MultimodalLM
 from common.samples import TaskInfo
-from common.settings import RunSettings, TinyBackboneSettings
+from common.settings import ModelSettings, RunSettings, TinyBackboneSettings
 
 
 @lru_cache(maxsize=4)
@@ -49,6 +49,15 @@ def device_torch(settings: RunSettings) -> torch.device:
     return torch.device(settings.device)
 
 
+def _encoder_choices(m: ModelSettings) -> dict[str, tuple[str, ...]]:
+    return {
+        "sensor": m.sensor_encoders,
+        "image": m.image_encoders,
+        "text": m.text_encoders,
+        "vector": ("mlp",),
+    }
+
+
 def edge_model(
     settings: RunSettings, held: tuple[str, ...], slot: int, task: TaskInfo | None = None
 ) -> MultimodalLM:
@@ -59,12 +68,7 @@ def edge_model(
     """
     task = task or task_info(settings)
     m = settings.model
-    choices = {
-        "sensor": m.sensor_encoders,
-        "image": m.image_encoders,
-        "text": m.text_encoders,
-        "vector": ("mlp",),
-    }
+    choices = _encoder_choices(m)
     specs = {s.name: s for s in task.specs}
     kinds = {name: encoder_kind(specs[name], choices, slot) for name in held}
     fusion = m.fusions[slot % len(m.fusions)]
@@ -86,12 +90,7 @@ def cloud_model(settings: RunSettings, task: TaskInfo | None = None) -> Multimod
     """The server's model: every modality, the first encoder of each family."""
     task = task or task_info(settings)
     m = settings.model
-    choices = {
-        "sensor": m.sensor_encoders,
-        "image": m.image_encoders,
-        "text": m.text_encoders,
-        "vector": ("mlp",),
-    }
+    choices = _encoder_choices(m)
     kinds = {s.name: encoder_kind(s, choices, 0) for s in task.specs}
     torch.manual_seed(settings.seed * 100_003 - 1)
     spec = m.backbone if settings.server.backbone == "edge" else settings.server.backbone

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from common.adapters import PRIVATE, SHARED, adapter_parameters, adapter_state, load_adapter_state
-from common.contrastive import ccl_loss, volume_infonce
 from common.datasets import build_server_data, task_info
 from common.factory import cloud_model, edge_model
-from common.learning import evaluate, fused_representations, train_steps
-from common.model import Batch, MultimodalLM
+from common.learning import (
+    anchor_term,
+    ccl_term,
+    evaluate,
+    fused_representations,
+    sum_terms,
+    train_steps,
+)
+from common.model import MultimodalLM
 from common.settings import RunSettings
 from common.state import HEAD, LORA, State, load_module_state, module_state, prefixed, select
 
@@ -71,25 +76,12 @@ class Cloud:
         s, comps, m = self.settings, self.settings.components, self.model
         if s.server.steps == 0:
             return {}
-        c = s.ccl
-        row = {int(i): r for r, i in enumerate(consensus_ids)}
-        target = torch.as_tensor(consensus, dtype=torch.float32, device=m.device)
-
-        def extra(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
-            total = None
-            if comps.ccl:
-                total = c.weight * ccl_loss(e, batch.mask, c.temperature, c.label_smoothing)
-            if comps.seccl and row:
-                hit = [(k, row[int(i)]) for k, i in enumerate(batch.ids) if int(i) in row]
-                if len(hit) >= 2:
-                    rows = torch.tensor([k for k, _ in hit], device=z.device)
-                    anchor = target[torch.tensor([r for _, r in hit], device=z.device)]
-                    align = s.seccl.server_weight * volume_infonce(
-                        anchor, z[rows].unsqueeze(1), None, c.temperature, c.label_smoothing
-                    )
-                    total = align if total is None else total + align
-            return total
-
+        extra = sum_terms(
+            ccl_term(s.ccl) if comps.ccl else None,
+            anchor_term(consensus_ids, consensus, s.seccl.server_weight, s.ccl)
+            if comps.seccl
+            else None,
+        )
         params = (
             list(m.encoders.parameters())
             + list(m.connector.parameters())
