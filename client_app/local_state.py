@@ -3,7 +3,8 @@
 ``context.state`` persists across messages of a run on one node, also in
 deployment, where each message runs in a fresh process. When the node config
 names a ``state-dir``, the state is also written there, so it survives a
-SuperNode restart; it is read from there when ``context.state`` is empty.
+SuperNode restart or a resumed run; it is read from there when ``context.state`` is
+empty.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def _state_file(context: Context) -> Path | None:
     state_dir = context.node_config.get("state-dir")
     if not state_dir:
         return None
-    return Path(str(state_dir)).expanduser() / f"run-{context.run_id}" / "device-state.npz"
+    # Keyed by run name when there is one, so a resumed run (new run id) finds it.
+    name = context.run_config.get("run-name") or f"run-{context.run_id}"
+    return Path(str(state_dir)).expanduser() / str(name) / "device-state.npz"
 
 
 def load_local_state(context: Context) -> State | None:

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 METHODS = ("mlecs", "fedit", "standalone", "no-ccl", "no-amt", "no-mma", "no-seccl")
 DATASETS = ("hapt", "easyvqa", "manifest")
@@ -221,6 +228,7 @@ class RunSettings(_Section):
     seed: int = 0
     output_dir: str = "outputs"
     run_name: str = ""
+    resume: bool = False  # continue <output-dir>/<run-name>/ from its checkpoint
     cache_dir: str = ""  # empty = $MLECS_CACHE_DIR or ~/.cache/mlecs-flower
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataSettings = DataSettings()
@@ -235,6 +243,12 @@ class RunSettings(_Section):
     seccl: SecclSettings = SecclSettings()
     mma: MmaSettings = MmaSettings()
     transport: TransportSettings = TransportSettings()
+
+    @model_validator(mode="after")
+    def _resume_needs_name(self) -> RunSettings:
+        if self.resume and not self.run_name:
+            raise ValueError("resume=true needs a run-name (the run directory to resume)")
+        return self
 
     @property
     def components(self) -> Components:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 from logging import INFO
+from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from common.records import to_record
 from common.settings import RunSettings
-from server_app.checkpoint import save_checkpoint
+from server_app.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from server_app.cloud import Cloud, initial_global_state, reference_edge_model
 from server_app.ledger import Ledger
 from server_app.recorder import FINAL_KEYS, Recorder
@@ -40,11 +42,31 @@ class ServerRun:
         self.edge_param_bytes = sum(p.numel() for p in edge.parameters()) * 4
         self.initial_state = initial_global_state(settings, edge)
         del edge
-        self.recorder = Recorder(settings)
         self.ledger = Ledger()
         self.strategy = MlEcsStrategy(settings, self.cloud, self.ledger)
+        done = self._resume() if settings.resume else 0
+        self.recorder = Recorder(settings, keep_rounds=done)
         self.strategy.global_state = dict(self.initial_state)
         self.comm: list[dict[str, float]] = []
+
+    def _resume(self) -> int:
+        """Restore the last checkpoint of this run directory; return its round."""
+        run_dir = Path(self.settings.output_dir).expanduser() / self.settings.run_name
+        if not (run_dir / CHECKPOINT).exists():
+            log(INFO, "resume: no checkpoint in %s, starting at round 1", run_dir)
+            return 0
+        meta, global_state, cloud_state, anchor_ids, anchors = load_checkpoint(run_dir)
+        self.initial_state = global_state
+        self.cloud.load_state(cloud_state)
+        self.cloud.load_global(global_state)
+        st = self.strategy
+        st.anchor_ids, st.anchors = anchor_ids, anchors
+        st.node_public_ids = {
+            int(k): np.array(v, np.int64) for k, v in meta["node_public_ids"].items()
+        }
+        st.round_offset = int(meta["round"])
+        log(INFO, "resume: %s from round %s", run_dir, st.round_offset)
+        return st.round_offset
 
     def run(self, grid: Grid) -> dict:
         """Run every round on ``grid``, then write the summary; return it."""
@@ -52,7 +74,7 @@ class ServerRun:
         self.strategy.start(
             grid=grid,
             initial_arrays=to_record(self.initial_state, s.transport.dtype),
-            num_rounds=s.num_server_rounds,
+            num_rounds=s.num_server_rounds - self.strategy.round_offset,
             timeout=s.strategy.round_timeout,
             train_config=ConfigRecord({}),
             evaluate_config=ConfigRecord({}),
@@ -65,6 +87,7 @@ class ServerRun:
         if server_round == 0:
             return None
         s, st = self.settings, self.strategy
+        server_round += st.round_offset
         server = self.cloud.evaluate()
         comm = self.ledger.summary(self.edge_param_bytes)
         self.ledger.reset()

@@ -37,16 +37,17 @@ def _clean(value: Any) -> Any:
 class Recorder:
     """Writes ``<output-dir>/<run-name>/``: config.json, rounds.jsonl, summary.json, metrics.png."""
 
-    def __init__(self, settings: RunSettings, resume: bool = False) -> None:
+    def __init__(self, settings: RunSettings, keep_rounds: int = 0) -> None:
         self.settings = settings
         self.dir = Path(settings.output_dir).expanduser() / default_run_name(settings)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rounds_path = self.dir / "rounds.jsonl"
         self.history: list[dict[str, Any]] = []
-        if resume and self.rounds_path.exists():
-            self.history = [json.loads(x) for x in self.rounds_path.read_text().splitlines() if x]
-        else:
-            self.rounds_path.write_text("")
+        if keep_rounds and self.rounds_path.exists():
+            # Resuming: keep the rounds the checkpoint covers, drop any later ones.
+            lines = [json.loads(x) for x in self.rounds_path.read_text().splitlines() if x]
+            self.history = [r for r in lines if r["round"] <= keep_rounds]
+        self.rounds_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         (self.dir / "config.json").write_text(
             json.dumps(
                 {"run_config": flatten(settings), "bertscore_model": BERTSCORE_NAME}, indent=2

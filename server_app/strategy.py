@@ -69,12 +69,14 @@ class MlEcsStrategy(FedAvg):
         self.round_info: dict[str, object] = {}
         self.client_metrics: dict[int, dict[str, float]] = {}
         self.round_started = time.time()
+        self.round_offset = 0  # rounds already done before a resume
 
     # ------------------------------------------------------------------ train
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample devices; attach each device's SE-CCL anchors."""
+        server_round += self.round_offset
         self.round_started = time.time()
         if not self.global_state:  # round 1: the initial state (later rounds keep fp32 here)
             self.global_state = as_float32(from_record(arrays))
@@ -97,6 +99,7 @@ class MlEcsStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate, aggregate (MMA or FedAvg), then run the cloud step."""
+        server_round += self.round_offset
         s, comps = self.settings, self.settings.components
         accepted: list[Contribution] = []
         rejected: dict[int, str] = {}
@@ -203,6 +206,7 @@ class MlEcsStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the new global state to the devices for personal evaluation."""
+        server_round += self.round_offset
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         for msg in messages:
             self._own_content(msg)
@@ -213,6 +217,7 @@ class MlEcsStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Mean of the devices' metrics (unweighted: every device counts once)."""
+        server_round += self.round_offset
         self.client_metrics = {}
         for reply in replies:
             node = reply.metadata.src_node_id

@@ -164,3 +164,36 @@ def test_device_refuses_server_payload_that_contradicts_its_manifest(grid_factor
     assert not replies[1].has_error(), replies[1].error.reason
     bad_node = msgs[0].metadata.dst_node_id
     assert load_local_state(grid.contexts[bad_node]) is None  # nothing applied or saved
+
+
+def test_server_resumes_from_its_last_checkpoint(grid_factory, tiny_config):
+    from server_app.checkpoint import load_checkpoint
+
+    # Prepare: a run that "crashed" after round 1 (its checkpoint is on disk)
+    config = {**tiny_config, "method": "mlecs", "run-name": "resume", "num-server-rounds": 1}
+    first, _, _ = run_federation(grid_factory, config)
+    _, saved_global, saved_cloud, _, _ = load_checkpoint(first.recorder.dir)
+    # Execute: the same run, resumed, asked for 3 rounds in total
+    resumed_cfg = {**config, "num-server-rounds": 3, "resume": True}
+    run = ServerRun(RunSettings.from_run_config(resumed_cfg))
+    # Assert: it starts from the checkpoint, not from scratch ...
+    assert run.strategy.round_offset == 1
+    for k, v in saved_global.items():
+        np.testing.assert_array_equal(run.strategy.global_state[k], v)
+    for k, v in run.cloud.state().items():
+        np.testing.assert_array_equal(v, saved_cloud[k])
+    # ... and runs only the missing rounds, numbered on
+    grid = grid_factory(client_app, resumed_cfg, 3)
+    summary = run.run(grid)
+    rounds = [
+        json.loads(x)["round"] for x in (run.recorder.dir / "rounds.jsonl").read_text().splitlines()
+    ]
+    assert rounds == [1, 2, 3]
+    assert summary["rounds"] == 3
+
+
+def test_resume_requires_a_run_name(tiny_config):
+    from common.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="run-name"):
+        RunSettings.from_run_config({**tiny_config, "resume": True})
