@@ -317,6 +317,27 @@ def _describe(err: ValidationError) -> str:
     return "invalid run config: " + "; ".join(lines)
 
 
+def flat_toml(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested TOML tables into Flower's dotted run-config keys."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flat_toml(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def read_toml_config(path: str) -> dict[str, Any]:
+    """A TOML override file (as ``flwr run --run-config file.toml`` takes) as a flat dict."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    with open(path, "rb") as f:
+        return flat_toml(tomllib.load(f))
+
+
 def flatten(settings: BaseModel, prefix: str = "") -> dict[str, Any]:
     """Return the flat, dotted kebab-case view of ``settings``.
 

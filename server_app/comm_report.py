@@ -7,8 +7,7 @@ and their ratio to the edge model's parameter bytes.
 
 Usage::
 
-    python -m server_app.comm_report --backbone smollm2-135m --set method=mlecs \
-        --set lora.targets=q_proj,v_proj --set transport.dtype=float16
+    python -m server_app.comm_report --backbone smollm2-135m --config conf/smollm2_comm.toml
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from common.records import (
     reps_record,
     to_record,
 )
-from common.settings import RunSettings
+from common.settings import RunSettings, read_toml_config
 from server_app.experiment import _value
 from server_app.ledger import Ledger
 
@@ -154,9 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         default=58,
         help="public samples per device (default: the HAPT default share)",
     )
+    p.add_argument("--config", help="a TOML override file, e.g. conf/smollm2_comm.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    config = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    config = read_toml_config(args.config) if args.config else {}
+    config.update({k: _value(v) for k, v in (kv.split("=", 1) for kv in args.set)})
     settings = RunSettings.from_run_config(config)
     out = report(settings, args.backbone, args.public_share)
     print(json.dumps(out, indent=2))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from client_app.app import app as client_app
-from common.settings import RunSettings
+from common.settings import RunSettings, read_toml_config
 from server_app.app import ServerRun
 from server_app.local_grid import InProcessGrid
 
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--num-nodes", type=int, default=10)
     p.add_argument("--out", default="outputs/compare")
+    p.add_argument("--config", help="a TOML override file applied to every run")
     p.add_argument(
         "--set",
         action="append",
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = dict(kv.split("=", 1) for kv in args.set)
-    base = {k: _value(v) for k, v in base.items()}
+    base = read_toml_config(args.config) if args.config else {}
+    base.update({k: _value(v) for k, v in (kv.split("=", 1) for kv in args.set)})
     RunSettings.from_run_config(base)  # fail before any run on a bad override
     results: dict[str, list[dict]] = {}
     for method in args.methods.split(","):

@@ -197,3 +197,39 @@ def test_resume_requires_a_run_name(tiny_config):
 
     with pytest.raises(ConfigError, match="run-name"):
         RunSettings.from_run_config({**tiny_config, "resume": True})
+
+
+def test_bad_data_input_fails_before_any_training(tiny_config, tmp_path):
+    from common.settings import ConfigError
+
+    missing = {
+        **tiny_config,
+        "dataset": "manifest",
+        "data.manifest.path": str(tmp_path / "no.jsonl"),
+    }
+    with pytest.raises(ConfigError, match="no.jsonl"):
+        ServerRun(RunSettings.from_run_config(missing))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"modalities": {"x": [1, 2]}, "target": "a"}\n{"modalities": \n')
+    with pytest.raises(ConfigError, match="line 2"):
+        ServerRun(
+            RunSettings.from_run_config(
+                {**tiny_config, "dataset": "manifest", "data.manifest.path": str(bad)}
+            )
+        )
+
+
+def test_anchors_sent_only_for_the_devices_own_public_ids(grid_factory, tiny_config):
+    config = {**tiny_config, "method": "mlecs", "run-name": "anchors"}
+    run = ServerRun(RunSettings.from_run_config(config))
+    grid = grid_factory(client_app, config, 3)
+    st = run.strategy
+    msgs = list(st.configure_train(1, to_record(run.initial_state), ConfigRecord({}), grid))
+    st.aggregate_train(1, grid.send_and_receive(msgs))
+    msgs = list(st.configure_train(2, to_record(st.global_state), ConfigRecord({}), grid))
+    for msg in msgs:
+        node = msg.metadata.dst_node_id
+        ids = from_record(msg.content["anchors"])["ids"]
+        assert len(ids) > 0 and set(ids.tolist()) <= set(st.node_public_ids[node].tolist())
+    # every device got its own anchors, not a shared copy
+    assert len({id(m.content) for m in msgs}) == len(msgs)

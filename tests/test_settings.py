@@ -11,20 +11,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from common.settings import ConfigError, RunSettings, flatten
+from common.settings import ConfigError, RunSettings, flat_toml, flatten, read_toml_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def flat_toml(node: dict, prefix: str = "") -> dict:
-    """Flatten nested TOML tables into Flower's dotted run-config keys."""
-    out: dict = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(flat_toml(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def pyproject_config() -> dict:
@@ -74,4 +63,4 @@ def test_method_components():
 
 def test_every_conf_file_validates():
     for path in sorted((ROOT / "conf").rglob("*.toml")):
-        RunSettings.from_run_config(flat_toml(tomllib.loads(path.read_text())))
+        RunSettings.from_run_config(read_toml_config(str(path)))
