@@ -172,6 +172,9 @@ class Device:
             seccl = self._seccl_term(payload) if comps.seccl else None
             out = self._stage(data.public, conn + shared, rng, sum_terms(ccl, seccl))
             metrics.update({f"shared_{k}": v for k, v in out.items()})
+            # Only the shared stage's result is uploaded: snapshot it before the
+            # private stage adapts the connector (heads included) to private data.
+            uploaded = self.shared_state()
             # Private stage on private data: private LoRA and the gate adapt.
             private = adapter_parameters(m.lm, PRIVATE) + list(m.gate.parameters())
             out = self._stage(data.train, enc + conn + private, rng, ccl)
@@ -185,11 +188,12 @@ class Device:
                 extra = sum_terms(ccl, self._seccl_term(payload))
             out = self._stage(trained_on, enc + conn + shared, rng, extra)
             metrics.update({f"train_{k}": v for k, v in out.items()})
+            uploaded = self.shared_state()
         if comps.seccl:
             rep_ids, reps = fused_representations(m, data.public)
         else:
             rep_ids, reps = np.zeros(0, np.int64), np.zeros((0, s.model.fused_dim), np.float32)
-        delta = subtract(self.shared_state(), start) if comps.federated else {}
+        delta = subtract(uploaded, start) if comps.federated else {}
         gate = m.gate.values()
         metrics.update({"gate_shared": gate[SHARED], "gate_private": gate[PRIVATE]})
         return DeviceUpdate(
