@@ -7,7 +7,7 @@ From a saved ``z`` (``(F,)`` or ``(N, F)`` ``.npy``)::
 Or computed here from the device's own data, which never leaves it::
 
     python -m client_app.inference_client --target host:50061 --from-device 0 \
-        --config outputs/<run>/config.json --device-state <state-dir>/run-<id>/device-state.npz
+        --config outputs/<run>/config.json --device-state <state-dir>/<run-name>/device-state.npz
 
 Only the fused representation crosses the network. A device's ``z`` means
 something to the cloud model only after SE-CCL has aligned the two fused spaces
