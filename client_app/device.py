@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from common.adapters import PRIVATE, SHARED, adapter_parameters, adapter_state, load_adapter_state
-from common.datasets import build_client_data, task_info
-from common.factory import edge_model
-from common.learning import (
-    ExtraLoss,
-    anchor_term,
-    ccl_term,
-    evaluate,
-    fused_representations,
-    sum_terms,
-    train_steps,
-)
-from common.model import MultimodalLM
-from common.samples import ClientData
+from common.data.samples import ClientData, SampleSet
+from common.data.views import build_client_data, task_info
+from common.exchange import DeviceUpdate, GlobalPayload
+from common.learning.evaluation import evaluate, fused_representations
+from common.learning.loop import train_steps
+from common.learning.losses import ExtraLoss, anchor_term, ccl_term, sum_terms
+from common.model.adapters import PRIVATE, SHARED, adapter_parameters
+from common.model.factory import edge_model
+from common.model.multimodal import MultimodalLM
+from common.model.state import load_local_state, load_shared_state, local_state, shared_state
 from common.settings import RunSettings
-from common.state import (
-    HEAD,
-    LORA,
-    State,
-    load_module_state,
-    module_state,
-    prefixed,
-    select,
-    subtract,
-)
+from common.state import State, subtract
 
 
 @dataclass(frozen=True)
@@ -40,58 +27,6 @@ class DeviceIdentity:
     partition_id: int
     num_partitions: int
     modalities: tuple[str, ...] | None = None
-
-
-@dataclass
-class GlobalPayload:
-    """What the server sends: global shared state and SE-CCL anchors.
-
-    Attributes
-    ----------
-    state : State
-        ``lora/<key>`` shared LoRA and ``head/<modality>/<param>`` shared heads.
-    anchor_ids : numpy.ndarray
-        ``(N,)`` public sample ids the anchors belong to.
-    anchors : numpy.ndarray
-        ``(N, fused_dim)`` the server's fused representations ``z^s``.
-    """
-
-    state: State = field(default_factory=dict)
-    anchor_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    anchors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
-
-
-@dataclass
-class DeviceUpdate:
-    """What the device sends back after training.
-
-    Attributes
-    ----------
-    delta : State
-        ``lora/...`` and ``head/...`` deltas against the received global state.
-    rep_ids, reps : numpy.ndarray
-        ``(N,)`` public ids and ``(N, fused_dim)`` the device's ``z^c`` for them.
-    num_examples : int
-        Samples the shared state was trained on.
-    modalities : tuple of str
-        The device's modality set.
-    modality_counts : dict of str to int
-        Per-modality present-sample counts in the data the shared state saw.
-    metrics : dict of str to float
-        Training losses.
-    """
-
-    delta: State
-    rep_ids: np.ndarray
-    reps: np.ndarray
-    num_examples: int
-    modalities: tuple[str, ...]
-    modality_counts: dict[str, int]
-    metrics: dict[str, float]
-
-
-# Local (never uploaded) state is stored under these prefixes.
-_ENC, _CONN, _GATE, _PRIV, _OWN_SHARED = "enc/", "conn/", "gate/", "private/", "shared/"
 
 
 class Device:
@@ -111,50 +46,19 @@ class Device:
     # ------------------------------------------------------------------ state
     def restore(self, local: State | None, payload: GlobalPayload) -> None:
         """Load the device's own state, then the global shared state over it."""
-        m = self.model
         if local:
-            load_module_state(m.encoders, local, _ENC)
-            load_module_state(m.connector, local, _CONN)
-            load_module_state(m.gate, local, _GATE)
-            load_adapter_state(m.lm, PRIVATE, select(local, _PRIV))
-            own = select(local, _OWN_SHARED)
-            if own:
-                load_adapter_state(m.lm, SHARED, own)
+            load_local_state(self.model, local)
         comps = self.settings.components
         if comps.federated and payload.state:
-            lora = select(payload.state, LORA)
-            if lora:
-                load_adapter_state(m.lm, SHARED, lora)
-            if comps.mma:
-                self._load_heads(select(payload.state, HEAD))
-
-    def _load_heads(self, heads: State) -> None:
-        for name in self.model.held:
-            own = select(heads, name + "/")
-            if own:
-                load_module_state(self.model.connector.heads[name], own)
+            load_shared_state(self.model, payload.state, heads=comps.mma)
 
     def shared_state(self) -> State:
         """The state this device shares: shared LoRA and (with MMA) its heads."""
-        state = prefixed(adapter_state(self.model.lm, SHARED), LORA)
-        if self.settings.components.mma:
-            for name in self.model.held:
-                head = module_state(self.model.connector.heads[name])
-                state.update(prefixed(head, f"{HEAD}{name}/"))
-        return state
+        return shared_state(self.model, heads=self.settings.components.mma)
 
     def local_state(self) -> State:
         """Everything that stays on the device."""
-        m = self.model
-        state = {
-            **module_state(m.encoders, _ENC),
-            **module_state(m.connector, _CONN),
-            **module_state(m.gate, _GATE),
-            **prefixed(adapter_state(m.lm, PRIVATE), _PRIV),
-        }
-        if not self.settings.components.federated:
-            state.update(prefixed(adapter_state(m.lm, SHARED), _OWN_SHARED))
-        return state
+        return local_state(self.model, keep_shared=not self.settings.components.federated)
 
     # ---------------------------------------------------------------- training
     def train(self, payload: GlobalPayload, server_round: int) -> DeviceUpdate:
@@ -204,6 +108,7 @@ class Device:
             modalities=data.modalities,
             modality_counts=_held_counts(trained_on, data.modalities),
             metrics=metrics,
+            partition_id=self.ident.partition_id,
         )
 
     def _seccl_term(self, payload: GlobalPayload) -> ExtraLoss | None:
@@ -240,9 +145,7 @@ class Device:
         )
 
 
-def _concat(a, b):
-    from common.samples import SampleSet
-
+def _concat(a: SampleSet, b: SampleSet) -> SampleSet:
     return SampleSet(
         specs=a.specs,
         inputs={k: np.concatenate([a.inputs[k], b.inputs[k]]) for k in a.inputs},
@@ -254,6 +157,6 @@ def _concat(a, b):
     )
 
 
-def _held_counts(data, held: tuple[str, ...]) -> dict[str, int]:
+def _held_counts(data: SampleSet, held: tuple[str, ...]) -> dict[str, int]:
     counts = data.modality_counts()
     return {m: counts[m] for m in held}

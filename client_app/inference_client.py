@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 
 from common.settings import RunSettings
-from proto.mlecs.v1 import inference_pb2, inference_pb2_grpc
+from proto import inference
 
 SECCL_METHODS = ("mlecs", "no-amt", "no-ccl", "no-mma")
 
@@ -61,16 +61,16 @@ class CloudClient:
             self.channel = grpc.secure_channel(target, creds, options=options)
         else:
             self.channel = grpc.insecure_channel(target, options=options)
-        self.stub = inference_pb2_grpc.CloudInferenceStub(self.channel)
+        self.stub = inference.CloudInferenceStub(self.channel)
         self.timeout = timeout
 
-    def info(self) -> inference_pb2.ModelInfo:
+    def info(self) -> inference.ModelInfo:
         """Ask the server what it serves (``fused_dim``, limits, run and round)."""
-        return self.stub.GetModelInfo(inference_pb2.ModelInfoRequest(), timeout=self.timeout)
+        return self.stub.GetModelInfo(inference.ModelInfoRequest(), timeout=self.timeout)
 
     def generate(
         self, z: np.ndarray, prompt: str = "", max_new_tokens: int = 0
-    ) -> inference_pb2.GenerateResponse:
+    ) -> inference.GenerateResponse:
         """Text for one ``(F,)`` fused representation.
 
         Raises
@@ -79,11 +79,7 @@ class CloudClient:
             INVALID_ARGUMENT for a bad request (the details name the problem),
             RESOURCE_EXHAUSTED for one over the server's size limit.
         """
-        request = inference_pb2.GenerateRequest(
-            z=np.asarray(z, np.float32).ravel().tolist(),
-            prompt=prompt,
-            max_new_tokens=max_new_tokens,
-        )
+        request = inference.generate_request(z, prompt, max_new_tokens)
         return self.stub.Generate(request, timeout=self.timeout)
 
     def close(self) -> None:
@@ -135,14 +131,13 @@ def device_representations(
         The reference texts, for comparison (they stay on the device).
     """
     # Imported here: a client sending a saved z needs neither torch nor the data.
-    from client_app.device import Device, DeviceIdentity, GlobalPayload
-    from common.learning import fused_representations
+    from client_app.device import Device, DeviceIdentity
+    from common.exchange import GlobalPayload
+    from common.learning.evaluation import fused_representations
+    from common.model.state import load_state
 
     device = Device(settings, DeviceIdentity(partition_id, num_partitions, modalities))
-    local = None
-    if state_file is not None:
-        with np.load(state_file) as f:
-            local = {k: f[k] for k in f.files}
+    local = load_state(state_file) if state_file is not None else None
     device.restore(local, GlobalPayload())
     test = device.data.test.subset(np.arange(min(samples, len(device.data.test))))
     ids, z = fused_representations(device.model, test)

@@ -9,14 +9,13 @@ empty.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 from flwr.app import Context
 
-from common.records import from_record, to_record
+from common.model.state import load_state, save_state
 from common.state import State
+from proto.records import from_record, to_record
 
 KEY = "mlecs-device"
 
@@ -36,8 +35,7 @@ def load_local_state(context: Context) -> State | None:
         return from_record(context.state.array_records[KEY])
     path = _state_file(context)
     if path is not None and path.exists():
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files}
+        return load_state(path)
     return None
 
 
@@ -46,7 +44,4 @@ def save_local_state(context: Context, state: State) -> None:
     context.state[KEY] = to_record(state)
     path = _state_file(context)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **state)
-        tmp.replace(path)
+        save_state(path, state)

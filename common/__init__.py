@@ -1,1 +1,1 @@
-"""Shared code: settings, data, models, learning, metrics, wire records."""
+"""The Flower-free learning core: settings, data, models, learning (no wire code)."""

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 METHODS = ("mlecs", "fedit", "standalone", "no-ccl", "no-amt", "no-mma", "no-seccl")
-DATASETS = ("hapt", "easyvqa", "manifest")
+DATASETS = ("hapt", "easyvqa", "jsonl")
 SENSOR_ENCODERS = ("mlp", "cnn1d", "gru")
 IMAGE_ENCODERS = ("cnn", "mlp")
 TEXT_ENCODERS = ("bow", "gru")
@@ -63,8 +63,8 @@ class EasyVqaSettings(_Section):
     public_fraction: float = Field(0.2, gt=0, lt=1)
 
 
-class ManifestSettings(_Section):
-    """A user's own data: a JSONL manifest read through ``datasets``."""
+class JsonlSettings(_Section):
+    """A user's own data: a JSONL file read through ``datasets``."""
 
     path: str = ""
     dirichlet_alpha: float = Field(0.5, gt=0)
@@ -83,7 +83,7 @@ class DataSettings(_Section):
     max_public_test: int = Field(96, ge=2)
     hapt: HaptSettings = HaptSettings()
     easyvqa: EasyVqaSettings = EasyVqaSettings()
-    manifest: ManifestSettings = ManifestSettings()
+    jsonl: JsonlSettings = JsonlSettings()
 
 
 class ModalitySettings(_Section):
@@ -336,6 +336,33 @@ def read_toml_config(path: str) -> dict[str, Any]:
         import tomli as tomllib
     with open(path, "rb") as f:
         return flat_toml(tomllib.load(f))
+
+
+def parse_value(text: str) -> object:
+    """A command-line override value: int, float, ``true``/``false``, else the string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``["key=value", ...]`` as a flat run config.
+
+    Raises
+    ------
+    ConfigError
+        For an entry without ``=``.
+    """
+    out: dict[str, object] = {}
+    for kv in pairs:
+        if "=" not in kv:
+            raise ConfigError(f"override '{kv}' is not key=value")
+        key, value = kv.split("=", 1)
+        out[key.strip()] = parse_value(value.strip())
+    return out
 
 
 def flatten(settings: BaseModel, prefix: str = "") -> dict[str, Any]:

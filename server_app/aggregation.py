@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.exchange import DeviceUpdate
 from common.state import HEAD, LORA, State, nbytes, select
 
 
@@ -42,6 +43,19 @@ class Contribution:
     modality_counts: dict[str, int]
     rep_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     reps: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    @classmethod
+    def from_update(cls, node_id: int, update: DeviceUpdate) -> Contribution:
+        """The contribution of ``update`` (read from a validated reply) by ``node_id``."""
+        return cls(
+            node_id=node_id,
+            delta=update.delta,
+            num_examples=update.num_examples,
+            modalities=update.modalities,
+            modality_counts=update.modality_counts,
+            rep_ids=update.rep_ids,
+            reps=update.reps,
+        )
 
 
 def check_contribution(

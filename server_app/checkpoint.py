@@ -1,62 +1,77 @@
-"""Server checkpoints: the global state, the cloud model and SE-CCL anchors per round."""
+"""Server checkpoints: everything a resumed run needs, written atomically after every round."""
 
 from __future__ import annotations
 
 import json
-import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from common.atomic import read_npz, write_npz
 from common.state import State, prefixed, select
-
-if TYPE_CHECKING:
-    from server_app.cloud import Cloud
-    from server_app.strategy import MlEcsStrategy
 
 CHECKPOINT = "checkpoint.npz"
 
 
-def save_checkpoint(
-    run_dir: Path, server_round: int, strategy: MlEcsStrategy, cloud: Cloud
-) -> Path:
+@dataclass
+class StrategySnapshot:
+    """The strategy's state between rounds (its global arrays travel separately).
+
+    Attributes
+    ----------
+    server_round : int
+        Rounds completed.
+    anchor_ids, anchors : numpy.ndarray
+        ``(N,)`` public ids and ``(N, F)`` the cloud's ``z^s`` sent as SE-CCL anchors.
+    node_public_ids : dict of int to numpy.ndarray
+        Node id -> the public ids that device trained on (which anchors it gets).
+    """
+
+    server_round: int = 0
+    anchor_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    anchors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    node_public_ids: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Checkpoint:
+    """A round's end: the global shared state, the cloud model and the strategy."""
+
+    global_state: State
+    cloud_state: State
+    strategy: StrategySnapshot
+
+    @property
+    def server_round(self) -> int:
+        return self.strategy.server_round
+
+
+def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
     """Write ``<run_dir>/checkpoint.npz`` atomically (temp file + rename)."""
+    st = ckpt.strategy
     arrays: dict[str, np.ndarray] = {
-        **prefixed(strategy.global_state, "global/"),
-        **prefixed(cloud.state(), "cloud/"),
-        "anchors/ids": strategy.anchor_ids,
-        "anchors/z": strategy.anchors,
+        **prefixed(ckpt.global_state, "global/"),
+        **prefixed(ckpt.cloud_state, "cloud/"),
+        "anchors/ids": st.anchor_ids,
+        "anchors/z": st.anchors,
     }
     meta = {
-        "round": server_round,
-        "node_public_ids": {str(k): v.tolist() for k, v in strategy.node_public_ids.items()},
+        "round": st.server_round,
+        "node_public_ids": {str(k): v.tolist() for k, v in st.node_public_ids.items()},
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    path = run_dir / CHECKPOINT
-    tmp = run_dir / f".{CHECKPOINT}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-    return path
+    return write_npz(Path(run_dir) / CHECKPOINT, arrays)
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict[str, Any], State, State, np.ndarray, np.ndarray]:
-    """Read a checkpoint written by :func:`save_checkpoint`.
-
-    Returns
-    -------
-    meta : dict
-        ``round`` and ``node_public_ids``.
-    global_state, cloud_state : State
-    anchor_ids, anchors : numpy.ndarray
-    """
-    with np.load(run_dir / CHECKPOINT) as f:
-        data = {k: f[k] for k in f.files}
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`."""
+    data = read_npz(Path(run_dir) / CHECKPOINT)
     meta = json.loads(data.pop("meta").tobytes().decode())
-    return (
-        meta,
-        select(data, "global/"),
-        select(data, "cloud/"),
-        data["anchors/ids"],
-        data["anchors/z"],
+    snapshot = StrategySnapshot(
+        server_round=int(meta["round"]),
+        anchor_ids=data["anchors/ids"],
+        anchors=data["anchors/z"],
+        node_public_ids={int(k): np.array(v, np.int64) for k, v in meta["node_public_ids"].items()},
     )
+    return Checkpoint(select(data, "global/"), select(data, "cloud/"), snapshot)

@@ -4,42 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.adapters import PRIVATE, SHARED, adapter_parameters, adapter_state, load_adapter_state
-from common.datasets import build_server_data, task_info
-from common.factory import cloud_model, edge_model
-from common.learning import (
-    anchor_term,
-    ccl_term,
-    evaluate,
-    fused_representations,
-    sum_terms,
-    train_steps,
-)
-from common.model import MultimodalLM
+from common.data.views import build_server_data, task_info
+from common.learning.evaluation import evaluate, fused_representations
+from common.learning.loop import train_steps
+from common.learning.losses import anchor_term, ccl_term, sum_terms
+from common.model.adapters import PRIVATE, adapter_parameters
+from common.model.factory import cloud_model
+from common.model.state import cloud_state, load_cloud_state, load_shared_state
 from common.settings import RunSettings
-from common.state import HEAD, LORA, State, load_module_state, module_state, prefixed, select
-
-
-def reference_edge_model(settings: RunSettings) -> MultimodalLM:
-    """An edge model holding every modality: the shapes every device shares."""
-    task = task_info(settings)
-    return edge_model(settings, tuple(s.name for s in task.specs), slot=0, task=task)
-
-
-def initial_global_state(settings: RunSettings, model: MultimodalLM) -> State:
-    """The round-1 global state: shared LoRA and (with MMA) one head per modality.
-
-    Taken from ``model`` (see :func:`reference_edge_model`); empty for methods
-    that share nothing.
-    """
-    comps = settings.components
-    if not comps.federated:
-        return {}
-    state = prefixed(adapter_state(model.lm, SHARED), LORA)
-    if comps.mma:
-        for name in model.held:
-            state.update(prefixed(module_state(model.connector.heads[name]), f"{HEAD}{name}/"))
-    return state
+from common.state import LORA, State, select
 
 
 class Cloud:
@@ -61,9 +34,8 @@ class Cloud:
 
     def load_global(self, state: State) -> None:
         """Put the global shared LoRA into the cloud model (when backbones match)."""
-        lora = select(state, LORA)
-        if self.uses_global_lora and lora:
-            load_adapter_state(self.model.lm, SHARED, lora)
+        if self.uses_global_lora and select(state, LORA):
+            load_shared_state(self.model, state, heads=False)
 
     def step(
         self, consensus_ids: np.ndarray, consensus: np.ndarray, server_round: int
@@ -120,16 +92,8 @@ class Cloud:
 
     def state(self) -> State:
         """Everything needed to restore the cloud model (for checkpoints)."""
-        m = self.model
-        return {
-            **module_state(m.encoders, "enc/"),
-            **module_state(m.connector, "conn/"),
-            **prefixed(adapter_state(m.lm, PRIVATE), "private/"),
-        }
+        return cloud_state(self.model)
 
     def load_state(self, state: State) -> None:
         """Restore what :meth:`state` returned."""
-        m = self.model
-        load_module_state(m.encoders, state, "enc/")
-        load_module_state(m.connector, state, "conn/")
-        load_adapter_state(m.lm, PRIVATE, select(state, "private/"))
+        load_cloud_state(self.model, state)

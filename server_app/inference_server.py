@@ -21,12 +21,12 @@ import grpc
 import numpy as np
 import torch
 
-from common.adapters import PRIVATE, SHARED, load_adapter_state
-from common.factory import cloud_model
-from common.model import MultimodalLM
+from common.model.factory import cloud_model
+from common.model.multimodal import MultimodalLM
+from common.model.state import load_cloud_state, load_shared_state
 from common.settings import RunSettings
-from common.state import LORA, load_module_state, select
-from proto.mlecs.v1 import inference_pb2, inference_pb2_grpc
+from common.state import LORA, select
+from proto import inference
 from server_app.checkpoint import load_checkpoint
 
 MAX_MESSAGE_BYTES = 1 << 20  # z is ~1 kB; anything near this is not a request
@@ -44,7 +44,7 @@ def run_settings(run_dir: Path, overrides: dict[str, object] | None = None) -> R
 
 def load_cloud_model(
     run_dir: Path, overrides: dict[str, object] | None = None
-) -> tuple[MultimodalLM, RunSettings, inference_pb2.ModelInfo]:
+) -> tuple[MultimodalLM, RunSettings, inference.ModelInfo]:
     """Build the cloud model of a run and load its latest checkpoint; no data split is built.
 
     Mirrors ``Cloud.load_state`` and ``Cloud.load_global`` without loading the
@@ -68,18 +68,16 @@ def load_cloud_model(
     """
     run_dir = Path(run_dir)
     settings = run_settings(run_dir, overrides)
-    meta, global_state, cloud_state, _, _ = load_checkpoint(run_dir)
+    ckpt = load_checkpoint(run_dir)
     model = cloud_model(settings)
-    load_module_state(model.encoders, cloud_state, "enc/")
-    load_module_state(model.connector, cloud_state, "conn/")
-    load_adapter_state(model.lm, PRIVATE, select(cloud_state, "private/"))
-    lora = select(global_state, LORA)
-    if settings.server.backbone == "edge" and settings.components.federated and lora:
-        load_adapter_state(model.lm, SHARED, lora)
+    load_cloud_state(model, ckpt.cloud_state)
+    shares_lora = settings.server.backbone == "edge" and settings.components.federated
+    if shares_lora and select(ckpt.global_state, LORA):
+        load_shared_state(model, ckpt.global_state, heads=False)
     model.eval()
-    info = inference_pb2.ModelInfo(
+    info = inference.ModelInfo(
         run_name=run_dir.name,
-        round=int(meta.get("round", 0)),
+        round=ckpt.server_round,
         method=settings.method,
         dataset=settings.dataset,
         fused_dim=settings.model.fused_dim,
@@ -105,14 +103,14 @@ class Generation:
 class CloudGenerator:
     """Greedy generation from a fused representation; one request at a time."""
 
-    def __init__(self, model: MultimodalLM, settings: RunSettings, info: inference_pb2.ModelInfo):
+    def __init__(self, model: MultimodalLM, settings: RunSettings, info: inference.ModelInfo):
         self.model, self.settings, self.info = model, settings, info
         self.context = getattr(model.lm.config, "max_position_embeddings", None)
         # One request at a time: torch already uses every core, and the tokenizer
         # must not be shared by threads.
         self._lock = threading.Lock()
 
-    def check(self, request: inference_pb2.GenerateRequest) -> Generation:
+    def check(self, request: inference.GenerateRequest) -> Generation:
         """Validate ``request`` completely before any model work.
 
         Raises
@@ -175,7 +173,7 @@ class CloudGenerator:
             return tok.decode(out[0], skip_special_tokens=True).strip()
 
 
-class InferenceService(inference_pb2_grpc.CloudInferenceServicer):
+class InferenceService(inference.CloudInferenceServicer):
     """The gRPC face of a :class:`CloudGenerator`: validation errors become INVALID_ARGUMENT."""
 
     def __init__(self, generator: CloudGenerator) -> None:
@@ -191,7 +189,7 @@ class InferenceService(inference_pb2_grpc.CloudInferenceServicer):
         except Exception:  # a server fault: log it, tell the client only that it failed
             log.exception("generation failed")
             context.abort(grpc.StatusCode.INTERNAL, "generation failed on the server")
-        return inference_pb2.GenerateResponse(text=text, model=self.generator.info)
+        return inference.GenerateResponse(text=text, model=self.generator.info)
 
     def GetModelInfo(self, request, context):
         return self.generator.info
@@ -217,7 +215,7 @@ def serve(
         ("grpc.so_reuseport", 0),  # a taken port must fail loudly, not be shared
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
-    inference_pb2_grpc.add_CloudInferenceServicer_to_server(InferenceService(generator), server)
+    inference.add_servicer(InferenceService(generator), server)
     address = f"{host}:{port}"
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both a certificate and a key")

@@ -6,8 +6,8 @@ from collections import defaultdict
 
 from flwr.app import RecordDict
 
-from common.records import ANCHORS, ARRAYS, REPS
 from common.state import HEAD, LORA
+from proto.records import ANCHORS, ARRAYS, REPS, array_bytes, small_bytes
 
 KINDS = (
     "lora_down",
@@ -19,27 +19,6 @@ KINDS = (
     "manifests",
     "metrics",
 )
-
-
-def _array_bytes(content: RecordDict, key: str, prefix: str | None = None) -> int:
-    if key not in content.array_records:
-        return 0
-    rec = content.array_records[key]
-    return sum(len(a.data) for name, a in rec.items() if prefix is None or name.startswith(prefix))
-
-
-def _small_bytes(content: RecordDict, manifests: bool) -> int:
-    # Metric and config records are small; count their keys and 8-byte values.
-    total = 0
-    records = list(content.config_records.items())
-    if not manifests:
-        records += list(content.metric_records.items())
-    for name, rec in records:
-        if name.endswith("-manifest") != manifests:
-            continue
-        for k, v in rec.items():
-            total += len(k) + (len(v) if isinstance(v, (str, bytes)) else 8)
-    return total
 
 
 class Ledger:
@@ -55,20 +34,20 @@ class Ledger:
     def add_down(self, node: int, content: RecordDict) -> None:
         """Count a server -> device message."""
         row = self.round[node]
-        row["lora_down"] += _array_bytes(content, ARRAYS, LORA)
-        row["heads_down"] += _array_bytes(content, ARRAYS, HEAD)
-        row["reps_down"] += _array_bytes(content, ANCHORS)
-        row["manifests"] += _small_bytes(content, manifests=True)
-        row["metrics"] += _small_bytes(content, manifests=False)
+        row["lora_down"] += array_bytes(content, ARRAYS, LORA)
+        row["heads_down"] += array_bytes(content, ARRAYS, HEAD)
+        row["reps_down"] += array_bytes(content, ANCHORS)
+        row["manifests"] += small_bytes(content, manifests=True)
+        row["metrics"] += small_bytes(content, manifests=False)
 
     def add_up(self, node: int, content: RecordDict) -> None:
         """Count a device -> server message."""
         row = self.round[node]
-        row["lora_up"] += _array_bytes(content, ARRAYS, LORA)
-        row["heads_up"] += _array_bytes(content, ARRAYS, HEAD)
-        row["reps_up"] += _array_bytes(content, REPS)
-        row["manifests"] += _small_bytes(content, manifests=True)
-        row["metrics"] += _small_bytes(content, manifests=False)
+        row["lora_up"] += array_bytes(content, ARRAYS, LORA)
+        row["heads_up"] += array_bytes(content, ARRAYS, HEAD)
+        row["reps_up"] += array_bytes(content, REPS)
+        row["manifests"] += small_bytes(content, manifests=True)
+        row["metrics"] += small_bytes(content, manifests=False)
 
     def summary(self, edge_param_bytes: int) -> dict[str, float]:
         """Mean bytes per device this round, by kind, and the ratio to the model.

@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.metrics import BERTSCORE_NAME
+from common.atomic import write_text
+from common.learning.metrics import BERTSCORE_NAME
 from common.settings import RunSettings, flatten
+from server_app.round_result import RoundResult
 
 # Metrics that the summary's "final" block reports for both sides.
 FINAL_KEYS = ("rouge_lsum", "bertscore_f1", "f1")
@@ -34,6 +36,42 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def round_record(result: RoundResult, server: dict[str, float]) -> dict[str, Any]:
+    """One line of ``rounds.jsonl``: client means, server metrics, comm, aggregation, devices."""
+    clients = result.clients
+    record: dict[str, Any] = {"round": result.server_round}
+    for key in FINAL_KEYS:
+        vals = [m[key] for m in clients.values() if key in m]
+        record[f"client_{key}"] = sum(vals) / len(vals) if vals else None
+        record[f"server_{key}"] = server.get(key)
+    record.update(
+        seconds=result.seconds,
+        comm=result.comm,
+        aggregation=result.aggregation(),
+        clients={str(n): m for n, m in clients.items()},
+    )
+    return record
+
+
+def _fmt(value: object) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def round_line(server_round: int, total: int, r: dict) -> str:
+    """One concise log line per round."""
+    comm = r["comm"] or {}
+    agg = r["aggregation"] or {}
+    return (
+        f"round {server_round}/{total}: client rougeLsum {_fmt(r['client_rouge_lsum'])} "
+        f"bertscore {_fmt(r['client_bertscore_f1'])} f1 {_fmt(r['client_f1'])} | "
+        f"server rougeLsum {_fmt(r['server_rouge_lsum'])} f1 {_fmt(r['server_f1'])} | "
+        f"up {comm.get('bytes_up_per_client_round', 0) / 1e3:.1f} kB "
+        f"down {comm.get('bytes_down_per_client_round', 0) / 1e3:.1f} kB per device | "
+        f"{agg.get('accepted', 0)} accepted, {agg.get('rejected', 0)} rejected | "
+        f"{r['seconds']:.1f}s"
+    )
+
+
 class Recorder:
     """Writes ``<output-dir>/<run-name>/``: config.json, rounds.jsonl, summary.json, metrics.png."""
 
@@ -47,12 +85,9 @@ class Recorder:
             # Resuming: keep the rounds the checkpoint covers, drop any later ones.
             lines = [json.loads(x) for x in self.rounds_path.read_text().splitlines() if x]
             self.history = [r for r in lines if r["round"] <= keep_rounds]
-        self.rounds_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        (self.dir / "config.json").write_text(
-            json.dumps(
-                {"run_config": flatten(settings), "bertscore_model": BERTSCORE_NAME}, indent=2
-            )
-        )
+        write_text(self.rounds_path, "".join(json.dumps(r) + "\n" for r in self.history))
+        config = {"run_config": flatten(settings), "bertscore_model": BERTSCORE_NAME}
+        write_text(self.dir / "config.json", json.dumps(config, indent=2))
 
     def record_round(self, record: dict[str, Any]) -> None:
         """Append one round's record (must hold ``round``)."""
@@ -78,7 +113,7 @@ class Recorder:
             "first_round": {k: self.history[0].get(k) for k in final} if self.history else {},
             **(extra or {}),
         }
-        (self.dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2))
+        write_text(self.dir / "summary.json", json.dumps(_clean(summary), indent=2))
         self.plot()
         return summary
 

@@ -4,30 +4,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from logging import WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from common.records import (
-    ANCHORS,
-    ARRAYS,
-    COUNT_PREFIX,
-    DEVICE,
-    METRICS,
-    NUM_EXAMPLES,
-    REPS,
-    as_float32,
-    from_record,
-    get_payload,
-    put_payload,
-    to_record,
-)
 from common.settings import RunSettings
-from common.state import State
+from common.state import State, as_float32
+from proto.messages import (
+    PackedState,
+    PayloadError,
+    instruction,
+    pack_global,
+    read_evaluate_reply,
+    read_train_reply,
+)
+from proto.records import NUM_EXAMPLES, from_record, to_record
 from server_app.aggregation import (
     Contribution,
     aggregate_heads,
@@ -36,20 +32,35 @@ from server_app.aggregation import (
     check_contribution,
     mma_weights,
 )
+from server_app.checkpoint import StrategySnapshot
 from server_app.cloud import Cloud
 from server_app.ledger import Ledger
+from server_app.round_result import RoundResult
+
+
+@dataclass
+class _RoundWork:
+    """What one round holds between its hooks (dropped when the next round starts)."""
+
+    result: RoundResult
+    started: float
+    reference: State = field(default_factory=dict)  # numpy view of this round's arrays
 
 
 class MlEcsStrategy(FedAvg):
     """FedAvg subclass running every method of the framework.
 
-    ``configure_train`` adds, per device, the server's fused representations of
-    that device's public ids; ``aggregate_train`` validates each reply, applies MMA
-    (or FedAvg), and runs the cloud's SE-CCL step; ``aggregate_evaluate`` keeps the
-    per-device metrics for the round record.
+    The global shared state is Flower's ``arrays`` only: each round reads it once
+    (``configure_train``), packs it once for all devices, and ``aggregate_train``
+    returns the next one. ``configure_train`` adds, per device, the server's
+    fused representations of that device's public ids; ``aggregate_train``
+    validates each reply against its manifest, applies MMA (or FedAvg) and runs
+    the cloud's SE-CCL step; ``aggregate_evaluate`` collects per-device metrics.
+    What a round produced is :meth:`finish_round`'s :class:`RoundResult`; the
+    state a resumed run needs is :meth:`snapshot` / :meth:`restore`.
     """
 
-    def __init__(self, settings: RunSettings, cloud: Cloud, ledger: Ledger) -> None:
+    def __init__(self, settings: RunSettings, cloud: Cloud, edge_param_bytes: int = 0) -> None:
         st = settings.strategy
         super().__init__(
             fraction_train=st.fraction_train,
@@ -60,75 +71,105 @@ class MlEcsStrategy(FedAvg):
         )
         self.settings = settings
         self.cloud = cloud
-        self.ledger = ledger
+        self.edge_param_bytes = edge_param_bytes
+        self.ledger = Ledger()
         self.all_modalities = tuple(s.name for s in cloud.task.specs)
-        self.global_state: State = {}
-        self.anchor_ids = np.zeros(0, np.int64)
-        self.anchors = np.zeros((0, settings.model.fused_dim), np.float32)
-        self.node_public_ids: dict[int, np.ndarray] = {}
-        self.round_info: dict[str, object] = {}
-        self.client_metrics: dict[int, dict[str, float]] = {}
-        self.round_started = time.time()
-        self.round_offset = 0  # rounds already done before a resume
+        self._snapshot = StrategySnapshot(
+            anchors=np.zeros((0, settings.model.fused_dim), np.float32)
+        )
+        self._node_partition: dict[int, int] = {}
+        self._round: _RoundWork | None = None
+        self._offset = 0  # rounds completed before this start() (a resumed run)
+
+    # ---------------------------------------------------------------- rounds
+    def round_number(self, flower_round: int) -> int:
+        """The run's round number of Flower's ``flower_round`` (counts resumed rounds)."""
+        return self._offset + flower_round
+
+    def snapshot(self) -> StrategySnapshot:
+        """The strategy's state after the last finished round (for a checkpoint)."""
+        return self._snapshot
+
+    def restore(self, snapshot: StrategySnapshot) -> None:
+        """Continue after ``snapshot``: round numbers, anchors and device public ids."""
+        self._snapshot = snapshot
+        self._offset = snapshot.server_round
+
+    def finish_round(self) -> RoundResult:
+        """Close the current round: its result, with timing and communication."""
+        work = self._round
+        if work is None:
+            raise RuntimeError("finish_round() called before any round started")
+        work.result.seconds = round(time.time() - work.started, 2)
+        work.result.comm = self.ledger.summary(self.edge_param_bytes)
+        self._snapshot.server_round = work.result.server_round
+        return work.result
 
     # ------------------------------------------------------------------ train
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample devices; attach each device's SE-CCL anchors."""
-        server_round += self.round_offset
-        self.round_started = time.time()
-        if not self.global_state:  # round 1: the initial state (later rounds keep fp32 here)
-            self.global_state = as_float32(from_record(arrays))
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        comps = self.settings.components
-        row = {int(i): r for r, i in enumerate(self.anchor_ids)}
+        """Sample devices; send the global state (packed once) and each device's anchors."""
+        n = self.round_number(server_round)
+        self._round = _RoundWork(RoundResult(n), time.time(), as_float32(from_record(arrays)))
+        self.ledger.reset()
+        messages = list(super().configure_train(n, arrays, config, grid))
         dtype = self.settings.transport.dtype
+        packed = pack_global(self._round.reference, dtype)
         for msg in messages:
             node = msg.metadata.dst_node_id
-            self._own_content(msg)
-            ids = self.node_public_ids.get(node, np.zeros(0, np.int64))
-            if comps.seccl and len(ids) and row:
-                ids = np.array([i for i in ids if int(i) in row], np.int64)
-                anchors = {"ids": ids, "z": self.anchors[[row[int(i)] for i in ids]]}
-                put_payload(msg.content, ANCHORS, anchors, "ANCHORS", dtype, role="server")
+            msg.content = instruction(packed, config, self._anchors_for(node), dtype)
             self.ledger.add_down(node, msg.content)
         return messages
+
+    def _anchors_for(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
+        snap = self._snapshot
+        ids = snap.node_public_ids.get(node)
+        if not self.settings.components.seccl or ids is None or not len(snap.anchor_ids):
+            return None
+        row = {int(i): r for r, i in enumerate(snap.anchor_ids)}
+        ids = np.array([i for i in ids if int(i) in row], np.int64)
+        return ids, snap.anchors[[row[int(i)] for i in ids]]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate, aggregate (MMA or FedAvg), then run the cloud step."""
-        server_round += self.round_offset
+        work = self._round
+        assert work is not None, "aggregate_train before configure_train"
+        n, result, reference = self.round_number(server_round), work.result, work.reference
         s, comps = self.settings, self.settings.components
         accepted: list[Contribution] = []
-        rejected: dict[int, str] = {}
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                rejected[node] = f"error reply: {reply.error.reason[:200]}"
+                result.rejected[node] = f"error reply: {reply.error.reason[:200]}"
                 continue
             self.ledger.add_up(node, reply.content)
-            contrib, problem = self._parse(reply)
-            if contrib is None:
-                rejected[node] = problem
+            try:
+                update = read_train_reply(reply.content)
+            except PayloadError as err:
+                result.rejected[node] = str(err)
                 continue
+            contrib = Contribution.from_update(node, update)
             problems = check_contribution(
                 contrib,
-                self.global_state,
+                reference,
                 self.all_modalities,
                 s.model.fused_dim,
                 self.cloud.public_ids,
                 s.mma.max_update_bytes,
             )
             if problems:
-                rejected[node] = "; ".join(problems)
+                result.rejected[node] = "; ".join(problems)
                 continue
             accepted.append(contrib)
-            self.node_public_ids[node] = contrib.rep_ids
-        for node, why in rejected.items():
-            log(WARNING, "round %s: rejected update of node %s: %s", server_round, node, why)
-        info: dict[str, object] = {"accepted": len(accepted), "rejected": len(rejected)}
+            self._snapshot.node_public_ids[node] = contrib.rep_ids
+            self._node_partition[node] = update.partition_id
+        for node, why in result.rejected.items():
+            log(WARNING, "round %s: rejected update of node %s: %s", n, node, why)
+        result.accepted = len(accepted)
+        new_state = reference
         if comps.federated and accepted:
             beta = s.mma.beta if comps.mma else 0.0
             clip = s.mma.clip_factor if comps.mma else 0.0
@@ -137,102 +178,61 @@ class MlEcsStrategy(FedAvg):
             delta, final = aggregate_lora(accepted, weights, clip, dis)
             if comps.mma:
                 delta.update(aggregate_heads(accepted))
-            self.global_state = {
+            new_state = {
                 k: (v + delta[k]).astype(np.float32) if k in delta else v
-                for k, v in self.global_state.items()
+                for k, v in reference.items()
             }
-            info["weights"] = {str(c.node_id): round(float(w), 4) for c, w in zip(accepted, final)}
+            result.weights = {str(c.node_id): round(float(w), 4) for c, w in zip(accepted, final)}
         # Cloud step: SE-CCL toward the edge consensus, then new anchors.
         cons_ids, cons = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
         if comps.seccl and accepted:
             weights = mma_weights(accepted, len(self.all_modalities), s.mma.beta)
             cons_ids, cons = aggregate_representations(accepted, weights)
-        self.cloud.load_global(self.global_state)
-        info.update(self.cloud.step(cons_ids, cons, server_round))
+        self.cloud.load_global(new_state)
+        result.cloud = self.cloud.step(cons_ids, cons, n)
         if comps.seccl:
-            self.anchor_ids, self.anchors = self.cloud.representations()
-        self.round_info = info
-        metrics = MetricRecord({"accepted": len(accepted), "rejected": len(rejected)})
-        dtype = s.transport.dtype
-        arrays = to_record(self.global_state, dtype) if self.global_state else ArrayRecord()
-        return arrays, metrics
-
-    def _own_content(self, msg: Message) -> None:
-        # FedAvg gives every message the same RecordDict: give each its own before
-        # adding per-device payloads, then put the global state (transport dtype)
-        # with its manifest.
-        msg.content = RecordDict(dict(msg.content))
-        put_payload(
-            msg.content,
-            ARRAYS,
-            self.global_state,
-            "GLOBAL_STATE",
-            self.settings.transport.dtype,
-            role="server",
-        )
-
-    def _parse(self, reply: Message) -> tuple[Contribution | None, str]:
-        content = reply.content
-        delta, problems = get_payload(content, ARRAYS, "SHARED_DELTA")
-        reps: dict = {}
-        if REPS in content.array_records:
-            reps, more = get_payload(content, REPS, "REPRESENTATIONS")
-            problems += more
-        if problems:
-            return None, "payload does not match its manifest: " + "; ".join(problems)
-        try:
-            metrics = content.metric_records[METRICS]
-            device = content.config_records[DEVICE]
-            modalities = tuple(m for m in str(device["modalities"]).split(",") if m)
-            counts = {
-                k[len(COUNT_PREFIX) :]: int(v)
-                for k, v in metrics.items()
-                if k.startswith(COUNT_PREFIX)
-            }
-            return Contribution(
-                node_id=reply.metadata.src_node_id,
-                delta=delta,
-                num_examples=int(metrics[NUM_EXAMPLES]),
-                modalities=modalities,
-                modality_counts=counts,
-                rep_ids=reps.get("ids", np.zeros(0, np.int64)),
-                reps=reps.get("z", np.zeros((0, 0), np.float32)),
-            ), ""
-        except (KeyError, TypeError, ValueError) as err:
-            return None, f"malformed reply ({type(err).__name__}: {err})"
+            self._snapshot.anchor_ids, self._snapshot.anchors = self.cloud.representations()
+        metrics = MetricRecord({"accepted": len(accepted), "rejected": len(result.rejected)})
+        return (to_record(new_state) if new_state else ArrayRecord()), metrics
 
     # --------------------------------------------------------------- evaluate
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the new global state to the devices for personal evaluation."""
-        server_round += self.round_offset
-        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
-        for msg in messages:
-            self._own_content(msg)
-            self.ledger.add_down(msg.metadata.dst_node_id, msg.content)
+        """Send the new global state (packed once) to the devices for personal evaluation."""
+        n = self.round_number(server_round)
+        messages = list(super().configure_evaluate(n, arrays, config, grid))
+        if messages:
+            packed: PackedState = pack_global(from_record(arrays), self.settings.transport.dtype)
+            for msg in messages:
+                msg.content = instruction(packed, config)
+                self.ledger.add_down(msg.metadata.dst_node_id, msg.content)
         return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Mean of the devices' metrics (unweighted: every device counts once)."""
-        server_round += self.round_offset
-        self.client_metrics = {}
+        n = self.round_number(server_round)
+        clients: dict[int, dict[str, float]] = {}
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                log(WARNING, "round %s: evaluation failed on node %s", server_round, node)
+                log(WARNING, "round %s: evaluation failed on node %s", n, node)
                 continue
             self.ledger.add_up(node, reply.content)
-            rec = reply.content.metric_records.get(METRICS)
-            if rec is not None:
-                self.client_metrics[node] = {k: float(v) for k, v in rec.items()}
-        if not self.client_metrics:
+            metrics = read_evaluate_reply(reply.content)
+            if metrics is not None:
+                if node in self._node_partition:
+                    metrics["partition_id"] = self._node_partition[node]
+                clients[node] = metrics
+        if self._round is not None:
+            self._round.result.clients = clients
+        if not clients:
             return None
-        keys = set.intersection(*(set(m) for m in self.client_metrics.values()))
+        keys = set.intersection(*(set(m) for m in clients.values()))
         mean = {
-            k: float(np.mean([m[k] for m in self.client_metrics.values()]))
+            k: float(np.mean([m[k] for m in clients.values()]))
             for k in sorted(keys)
             if k not in (NUM_EXAMPLES, "partition_id")
         }

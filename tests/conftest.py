@@ -51,7 +51,7 @@ def tiny_config(cache_dir: Path, tmp_path: Path) -> dict:
     return {**TINY, "cache-dir": str(cache_dir), "output-dir": str(tmp_path / "out")}
 
 
-from server_app.local_grid import InProcessGrid  # noqa: E402
+from experiments.local_grid import InProcessGrid  # noqa: E402
 
 
 @pytest.fixture

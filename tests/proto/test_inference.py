@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,9 +18,14 @@ import numpy as np
 import pytest
 
 from client_app.inference_client import CloudClient, device_representations, main, percentiles
-from common.adapters import SHARED, adapter_state
+from common.model.adapters import SHARED, adapter_state
 from common.state import LORA, prefixed
-from server_app.checkpoint import load_checkpoint, save_checkpoint
+from server_app.checkpoint import (
+    Checkpoint,
+    StrategySnapshot,
+    load_checkpoint,
+    save_checkpoint,
+)
 from server_app.inference_server import (
     MAX_NEW_TOKENS_CAP,
     MAX_PROMPT_CHARS,
@@ -60,14 +64,12 @@ def cloud_run(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     cloud = Cloud(settings)
     recorder = Recorder(settings)
     ids, z = cloud.representations()
-    # Stands in for the strategy: only the attributes save_checkpoint reads.
-    strategy = types.SimpleNamespace(
+    ckpt = Checkpoint(
         global_state=prefixed(adapter_state(cloud.model.lm, SHARED), LORA),
-        anchor_ids=ids,
-        anchors=z,
-        node_public_ids={},
+        cloud_state=cloud.state(),
+        strategy=StrategySnapshot(server_round=ROUND, anchor_ids=ids, anchors=z),
     )
-    save_checkpoint(recorder.dir, ROUND, strategy, cloud)
+    save_checkpoint(recorder.dir, ckpt)
     return recorder.dir, cloud
 
 
@@ -122,7 +124,7 @@ def servers(generator, tls_files):
 
 
 def _z(cloud_run, row: int = 0) -> np.ndarray:
-    anchors = load_checkpoint(cloud_run[0])[4]
+    anchors = load_checkpoint(cloud_run[0]).strategy.anchors
     return anchors[row]
 
 
@@ -134,7 +136,8 @@ def test_settings_come_from_the_run_dir(cloud_run):
 
 def test_checkpoint_is_loaded_into_the_model(cloud_run, generator):
     run_dir, cloud = cloud_run
-    _, global_state, cloud_state, _, _ = load_checkpoint(run_dir)
+    ckpt = load_checkpoint(run_dir)
+    global_state, cloud_state = ckpt.global_state, ckpt.cloud_state
     model = generator.model
     for key, value in model.connector.state_dict().items():
         np.testing.assert_array_equal(value.numpy(), cloud_state["conn/" + key])
@@ -225,7 +228,7 @@ def test_invalid_requests_get_clear_status_codes(servers, z, kwargs, code, detai
 
 
 def test_latency(cloud_run, servers):
-    z = load_checkpoint(cloud_run[0])[4]
+    z = load_checkpoint(cloud_run[0]).strategy.anchors
     times = []
     with CloudClient(f"127.0.0.1:{servers[0]}") as client:
         client.generate(z[0])
@@ -239,7 +242,7 @@ def test_latency(cloud_run, servers):
 
 
 def test_concurrent_requests(cloud_run, servers):
-    z = load_checkpoint(cloud_run[0])[4]
+    z = load_checkpoint(cloud_run[0]).strategy.anchors
     prompts = ["", "Which activity is this?", "What is the person doing?"]
 
     def call(k: int) -> str:
@@ -255,7 +258,7 @@ def test_concurrent_requests(cloud_run, servers):
 
 def test_client_command_with_a_z_file(cloud_run, servers, tmp_path, capsys):
     path = tmp_path / "z.npy"
-    np.save(path, load_checkpoint(cloud_run[0])[4][:3])
+    np.save(path, load_checkpoint(cloud_run[0]).strategy.anchors[:3])
     assert (
         main(["--target", f"127.0.0.1:{servers[0]}", "--z-file", str(path), "--repeat", "5"]) == 0
     )

@@ -1,0 +1,1 @@
+"""Data: sample containers, dataset loaders, partitioning, device and server views."""

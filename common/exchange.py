@@ -1,0 +1,75 @@
+"""What a device receives from the server and what it returns, independent of the wire.
+
+``proto.messages`` turns these into Flower records and back (validating each
+payload against its manifest); the learning code on either side sees only these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.state import State
+
+
+def _no_ids() -> np.ndarray:
+    return np.zeros(0, np.int64)
+
+
+def _no_rows() -> np.ndarray:
+    return np.zeros((0, 0), np.float32)
+
+
+@dataclass
+class GlobalPayload:
+    """What the server sends for training: global shared state and SE-CCL anchors.
+
+    Attributes
+    ----------
+    state : State
+        ``lora/<key>`` shared LoRA and ``head/<modality>/<param>`` shared heads.
+    anchor_ids : numpy.ndarray
+        ``(N,)`` public sample ids the anchors belong to.
+    anchors : numpy.ndarray
+        ``(N, fused_dim)`` the server's fused representations ``z^s``.
+    server_round : int
+        The round this payload belongs to (0 when unknown).
+    """
+
+    state: State = field(default_factory=dict)
+    anchor_ids: np.ndarray = field(default_factory=_no_ids)
+    anchors: np.ndarray = field(default_factory=_no_rows)
+    server_round: int = 0
+
+
+@dataclass
+class DeviceUpdate:
+    """What a device returns after training.
+
+    Attributes
+    ----------
+    delta : State
+        ``lora/...`` and ``head/...`` deltas against the received global state.
+    rep_ids, reps : numpy.ndarray
+        ``(N,)`` public ids and ``(N, fused_dim)`` the device's ``z^c`` for them.
+    num_examples : int
+        Samples the shared state was trained on.
+    modalities : tuple of str
+        The device's modality set.
+    modality_counts : dict of str to int
+        Per-modality present-sample counts in the data the shared state saw.
+    metrics : dict of str to float
+        Training losses and diagnostics.
+    partition_id : int
+        The device's partition (-1 when unknown).
+    """
+
+    delta: State
+    rep_ids: np.ndarray
+    reps: np.ndarray
+    num_examples: int
+    modalities: tuple[str, ...]
+    modality_counts: dict[str, int]
+    metrics: dict[str, float]
+    partition_id: int = -1

@@ -1,0 +1,1 @@
+"""Learning: the training loop, contrastive and alignment losses, evaluation, metrics."""

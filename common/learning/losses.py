@@ -1,0 +1,75 @@
+"""Extra loss terms added to the LM loss: CCL over modalities and SE-CCL anchoring of z."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from common.learning.contrastive import ccl_loss, volume_infonce
+from common.model.multimodal import Batch
+from common.settings import CclSettings
+
+# Extra loss terms get the batch, the embeddings e (B, M, D) and z (B, F).
+ExtraLoss = Callable[[Batch, torch.Tensor, torch.Tensor], torch.Tensor | None]
+
+
+def ccl_term(cfg: CclSettings) -> ExtraLoss:
+    """CCL over the batch's per-modality embeddings, weighted by ``cfg.weight``."""
+
+    def term(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return cfg.weight * ccl_loss(e, batch.mask, cfg.temperature, cfg.label_smoothing)
+
+    return term
+
+
+def anchor_term(
+    anchor_ids: np.ndarray, anchors: np.ndarray, weight: float, cfg: CclSettings
+) -> ExtraLoss | None:
+    """Volume-InfoNCE pulling ``z`` of each sample toward its anchor (SE-CCL).
+
+    Parameters
+    ----------
+    anchor_ids : numpy.ndarray
+        ``(N,)`` sample ids that have an anchor.
+    anchors : numpy.ndarray
+        ``(N, fused_dim)`` anchors (the other side's fused representations).
+    weight : float
+        Loss weight.
+
+    Returns
+    -------
+    ExtraLoss or None
+        None when there are no anchors; the term is skipped for a batch with fewer
+        than two anchored samples (no negatives).
+    """
+    if len(anchor_ids) == 0:
+        return None
+    row = {int(i): r for r, i in enumerate(anchor_ids)}
+    table = torch.as_tensor(np.asarray(anchors, np.float32))
+
+    def term(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
+        hit = [(k, row[int(i)]) for k, i in enumerate(batch.ids) if int(i) in row]
+        if len(hit) < 2:
+            return None
+        rows = torch.tensor([k for k, _ in hit], device=z.device)
+        anchor = table[[r for _, r in hit]].to(z.device)
+        return weight * volume_infonce(
+            anchor, z[rows].unsqueeze(1), None, cfg.temperature, cfg.label_smoothing
+        )
+
+    return term
+
+
+def sum_terms(*terms: ExtraLoss | None) -> ExtraLoss | None:
+    """One extra loss adding up the given terms (None ones skipped)."""
+    active = [t for t in terms if t is not None]
+    if not active:
+        return None
+
+    def total(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
+        parts = [p for p in (t(batch, e, z) for t in active) if p is not None]
+        return sum(parts) if parts else None
+
+    return total

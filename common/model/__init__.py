@@ -1,0 +1,1 @@
+"""The model M = {E, C, B}: encoders, connector, backbone, adapters, and their state."""

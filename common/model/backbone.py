@@ -1,0 +1,160 @@
+"""The Backbone B: a causal LM from a local directory or a tiny one built offline.
+
+The default is a Llama-style model built from a config, with a byte-level BPE
+tokenizer trained on the task texts and a short causal-LM warm-up on them, both
+cached under the cache directory (never inside the app directory). Nothing is
+downloaded from a hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+from common.atomic import atomic_write
+from common.settings import ConfigError, TinyBackboneSettings
+
+logger = logging.getLogger(__name__)
+
+SPECIALS = ["<|pad|>", "<|bos|>", "<|eos|>"]
+
+
+@dataclass
+class Backbone:
+    """A causal LM with its tokenizer (no adapters yet)."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerFast
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+
+def _digest(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_tokenizer(corpus: list[str], vocab: int, cache: Path) -> PreTrainedTokenizerFast:
+    """Train (or load from ``cache``) a byte-level BPE tokenizer on ``corpus``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = sorted(set(corpus))
+    path = cache / f"tokenizer-{_digest([texts, vocab])}"
+    if (path / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(texts, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token=SPECIALS[0], bos_token=SPECIALS[1], eos_token=SPECIALS[2]
+    )
+    # Many virtual clients may build the same entry at once: write it atomically.
+    atomic_write(path, tok.save_pretrained)
+    return tok
+
+
+def build_tiny(
+    cfg: TinyBackboneSettings, corpus: list[str], prompt: str, cache: Path, seed: int
+) -> Backbone:
+    """Build the tiny Llama backbone, warmed up on the task texts (cached).
+
+    The warm-up is causal-LM training on ``prompt + text`` for every distinct text
+    of the corpus, each equally often, so the model learns to spell the answers
+    without learning which answer is frequent. It stands in for the pretrained
+    small LM a real device would carry.
+    """
+    tok = train_tokenizer(corpus + [prompt], cfg.vocab, cache)
+    key = _digest([cfg.model_dump(), sorted(set(corpus)), prompt, seed, len(tok)])
+    path = cache / f"tiny-llama-{key}"
+    if (path / "config.json").exists():
+        return Backbone(LlamaForCausalLM.from_pretrained(path), tok)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.hidden * 8 // 3,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    _warm_up(model, tok, sorted(set(corpus)), prompt, cfg.pretrain_steps, seed)
+    atomic_write(path, model.save_pretrained)
+    return Backbone(model, tok)
+
+
+def _warm_up(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerFast,
+    texts: list[str],
+    prompt: str,
+    steps: int,
+    seed: int,
+) -> None:
+    if steps == 0 or not texts:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    seqs = [f"{prompt} {t}" for t in texts] + texts
+    enc = tok(
+        [tok.bos_token + s + tok.eos_token for s in seqs],
+        padding=True,
+        truncation=True,
+        max_length=64,
+        return_tensors="pt",
+    )
+    labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(seqs), (min(32, len(seqs)),), generator=gen)
+        out = model(
+            input_ids=enc.input_ids[idx], attention_mask=enc.attention_mask[idx], labels=labels[idx]
+        )
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    logger.info("tiny backbone warmed up: final loss %.3f", out.loss.item())
+
+
+def load_local(path: str) -> Backbone:
+    """Load a causal LM and its tokenizer from a local Hugging Face directory."""
+    p = Path(path).expanduser()
+    if not (p / "config.json").exists():
+        raise ConfigError(
+            f"config key 'model.backbone' = {path!r}: not 'tiny' and not a local "
+            "Hugging Face model directory (no config.json there)"
+        )
+    tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.bos_token is None:
+        tok.bos_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=torch.float32)
+    return Backbone(model, tok)

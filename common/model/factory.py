@@ -1,0 +1,114 @@
+"""Build edge and cloud models from the settings (backbones cached per process)."""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from common.cache import cache_root
+from common.data.samples import TaskInfo
+from common.data.views import task_info
+from common.model.backbone import Backbone, build_tiny, load_local
+from common.model.encoders import encoder_kind
+from common.model.multimodal import MultimodalLM
+from common.settings import ModelSettings, RunSettings, TinyBackboneSettings
+
+
+@lru_cache(maxsize=4)
+def _tiny(cfg: TinyBackboneSettings, corpus: tuple[str, ...], prompt: str, cache: str, seed: int):
+    return build_tiny(cfg, list(corpus), prompt, Path(cache), seed)
+
+
+@lru_cache(maxsize=2)
+def _local(path: str) -> Backbone:
+    return load_local(path)
+
+
+def backbone_for(settings: RunSettings, task: TaskInfo, spec: str) -> Backbone:
+    """A fresh copy of the backbone named by ``spec`` ("tiny" or a local path).
+
+    The loaded original is cached per process: many virtual devices share an
+    actor in simulation, and loading once saves seconds per device.
+    """
+    if spec == "tiny":
+        cfg = settings.model.tiny
+        base = _tiny(cfg, tuple(task.corpus), task.prompt, str(cache_root(settings)), settings.seed)
+    else:
+        base = _local(spec)
+    return Backbone(copy.deepcopy(base.model), base.tokenizer)
+
+
+def device_torch(settings: RunSettings) -> torch.device:
+    """Resolve the ``device`` setting (``auto`` picks CUDA when present)."""
+    if settings.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is available")
+    return torch.device(settings.device)
+
+
+def _encoder_choices(m: ModelSettings) -> dict[str, tuple[str, ...]]:
+    return {
+        "sensor": m.sensor_encoders,
+        "image": m.image_encoders,
+        "text": m.text_encoders,
+        "vector": ("mlp",),
+    }
+
+
+def edge_model(
+    settings: RunSettings, held: tuple[str, ...], slot: int, task: TaskInfo | None = None
+) -> MultimodalLM:
+    """The model of the device in partition ``slot`` holding modalities ``held``.
+
+    Encoders and the fusion kind cycle through the configured families by ``slot``,
+    so devices differ in structure. Initial weights depend on ``(seed, slot)``.
+    """
+    task = task or task_info(settings)
+    m = settings.model
+    choices = _encoder_choices(m)
+    specs = {s.name: s for s in task.specs}
+    kinds = {name: encoder_kind(specs[name], choices, slot) for name in held}
+    fusion = m.fusions[slot % len(m.fusions)]
+    torch.manual_seed(settings.seed * 100_003 + slot)
+    model = MultimodalLM(
+        task.specs,
+        held,
+        kinds,
+        fusion,
+        m,
+        backbone_for(settings, task, m.backbone),
+        settings.lora,
+        task.prompt,
+    )
+    return model.to(device_torch(settings))
+
+
+def reference_edge_model(settings: RunSettings) -> MultimodalLM:
+    """An edge model holding every modality: the shapes every device shares."""
+    task = task_info(settings)
+    return edge_model(settings, tuple(s.name for s in task.specs), slot=0, task=task)
+
+
+def cloud_model(settings: RunSettings, task: TaskInfo | None = None) -> MultimodalLM:
+    """The server's model: every modality, the first encoder of each family."""
+    task = task or task_info(settings)
+    m = settings.model
+    choices = _encoder_choices(m)
+    kinds = {s.name: encoder_kind(s, choices, 0) for s in task.specs}
+    torch.manual_seed(settings.seed * 100_003 - 1)
+    spec = m.backbone if settings.server.backbone == "edge" else settings.server.backbone
+    model = MultimodalLM(
+        task.specs,
+        tuple(kinds),
+        kinds,
+        m.fusions[0],
+        m,
+        backbone_for(settings, task, spec),
+        settings.lora,
+        task.prompt,
+    )
+    return model.to(device_torch(settings))

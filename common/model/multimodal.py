@@ -1,0 +1,214 @@
+"""The multimodal model M = {E, C, B}: encoders, connector, LoRA backbone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.data.samples import ModalitySpec, SampleSet
+from common.model.adapters import PRIVATE, SHARED, AdapterGate, add_adapters, freeze_all
+from common.model.backbone import Backbone
+from common.model.connector import Connector
+from common.model.encoders import build_encoder
+from common.settings import LoraSettings, ModelSettings
+
+TEXT_MAX_TOKENS = 32
+
+
+@dataclass
+class Batch:
+    """One mini-batch on the model's device.
+
+    Attributes
+    ----------
+    inputs : dict of str to torch.Tensor
+        Held modality -> ``(B, *shape)`` floats, or ``(B, L)`` token ids for text.
+    mask : torch.Tensor
+        ``(B, M)`` bool presence, columns in the model's modality order.
+    target_ids : torch.Tensor
+        ``(B, T)`` target tokens + EOS, right-padded with ``-100``.
+    ids, labels : numpy.ndarray
+        ``(B,)`` sample ids and class labels.
+    targets : list of str
+        Target texts.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    mask: torch.Tensor
+    target_ids: torch.Tensor
+    ids: np.ndarray
+    labels: np.ndarray
+    targets: list[str]
+
+
+class MultimodalLM(nn.Module):
+    """Encoders for the held modalities, a connector and a dual-LoRA backbone.
+
+    Parameters
+    ----------
+    specs : tuple of ModalitySpec
+        All modalities of the dataset.
+    held : tuple of str
+        Modalities this model has encoders and heads for.
+    encoder_kinds : dict of str to str
+        Encoder name per held modality.
+    fusion : str
+        Fusion kind of the connector.
+    cfg : ModelSettings
+        Sizes of the connector.
+    backbone : Backbone
+        Causal LM and tokenizer (wrapped here with the LoRA adapters).
+    lora : LoraSettings
+        Adapter ranks and targets.
+    prompt : str
+        The task prompt that follows the soft tokens.
+    """
+
+    def __init__(
+        self,
+        specs: tuple[ModalitySpec, ...],
+        held: tuple[str, ...],
+        encoder_kinds: dict[str, str],
+        fusion: str,
+        cfg: ModelSettings,
+        backbone: Backbone,
+        lora: LoraSettings,
+        prompt: str,
+    ) -> None:
+        super().__init__()
+        by_name = {s.name: s for s in specs}
+        self.specs = tuple(by_name[m] for m in held)
+        self.held = tuple(held)
+        self.tokenizer = backbone.tokenizer
+        self.encoder_kinds = dict(encoder_kinds)
+        self.encoders = nn.ModuleDict(
+            {
+                s.name: build_encoder(
+                    s,
+                    encoder_kinds[s.name],
+                    cfg.encoder_dim,
+                    len(self.tokenizer),
+                    self.tokenizer.pad_token_id,
+                )
+                for s in self.specs
+            }
+        )
+        self.connector = Connector(
+            self.held,
+            cfg.encoder_dim,
+            cfg.embed_dim,
+            cfg.fused_dim,
+            fusion,
+            cfg.soft_tokens,
+            backbone.hidden_size,
+        )
+        freeze_all(backbone.model)
+        self.lm = add_adapters(backbone.model, lora)
+        self.gate = AdapterGate((SHARED, PRIVATE)).attach(self.lm)
+        tok = self.tokenizer
+        self.register_buffer(
+            "prompt_ids",
+            torch.tensor(tok(tok.bos_token + prompt, add_special_tokens=False).input_ids),
+            persistent=False,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.prompt_ids.device
+
+    # ----------------------------------------------------------------- batching
+    def make_batch(self, data: SampleSet, index: np.ndarray) -> Batch:
+        """Collate ``data[index]`` for this model (held modalities only)."""
+        tok, dev = self.tokenizer, self.device
+        cols = [data.modality_names.index(m) for m in self.held]
+        inputs: dict[str, torch.Tensor] = {}
+        for s in self.specs:
+            values = data.inputs[s.name][index]
+            if s.kind == "text":
+                enc = tok(
+                    [str(v) for v in values],
+                    padding="max_length",
+                    truncation=True,
+                    max_length=TEXT_MAX_TOKENS,
+                    add_special_tokens=False,
+                    return_tensors="pt",
+                )
+                inputs[s.name] = enc.input_ids.to(dev)
+            else:
+                inputs[s.name] = torch.as_tensor(np.asarray(values, np.float32), device=dev)
+        targets = [data.targets[i] for i in index]
+        enc = tok(
+            [" " + t + tok.eos_token for t in targets],
+            padding=True,
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
+        target_ids = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        return Batch(
+            inputs=inputs,
+            mask=torch.as_tensor(data.mask[index][:, cols], device=dev),
+            target_ids=target_ids.to(dev),
+            ids=data.ids[index],
+            labels=data.labels[index],
+            targets=targets,
+        )
+
+    # ------------------------------------------------------------------ forward
+    def represent(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-modality embeddings and the fused representation.
+
+        Returns
+        -------
+        e : torch.Tensor
+            ``(B, M, embed_dim)``, not normalised; rows of absent modalities are
+            computed from zero inputs and must be ignored through ``batch.mask``.
+        z : torch.Tensor
+            ``(B, fused_dim)``.
+        """
+        feats = {m: self.encoders[m](batch.inputs[m]) for m in self.held}
+        e = self.connector.embed(feats)
+        return e, self.connector.fuse(e, batch.mask)
+
+    def _prefix(self, z: torch.Tensor) -> torch.Tensor:
+        """``[soft K | prompt P]`` embeddings, ``(B, K + P, H)``."""
+        emb = self.lm.get_input_embeddings()
+        prompt = emb(self.prompt_ids).unsqueeze(0).expand(z.shape[0], -1, -1)
+        return torch.cat([self.connector.prompt(z).to(prompt.dtype), prompt], 1)
+
+    def lm_loss(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the target tokens given soft prompt and task prompt."""
+        prefix = self._prefix(z)
+        tgt = batch.target_ids
+        emb = self.lm.get_input_embeddings()(tgt.clamp(min=0))
+        embeds = torch.cat([prefix, emb], 1)
+        attn = torch.cat(
+            [
+                torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device),
+                (tgt != -100).long(),
+            ],
+            1,
+        )
+        labels = torch.cat(
+            [torch.full(prefix.shape[:2], -100, dtype=torch.long, device=self.device), tgt], 1
+        )
+        return self.lm(inputs_embeds=embeds, attention_mask=attn, labels=labels).loss
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, max_new_tokens: int) -> list[str]:
+        """Greedy generation from ``[soft | prompt]``; returns stripped texts."""
+        _, z = self.represent(batch)
+        prefix = self._prefix(z)
+        attn = torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device)
+        tok = self.tokenizer
+        out = self.lm.generate(
+            inputs_embeds=prefix,
+            attention_mask=attn,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]

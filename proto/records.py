@@ -1,0 +1,109 @@
+"""Flower records <-> the project's arrays, each payload with its manifest.
+
+A payload is a flat dict of named numpy arrays stored as an ``ArrayRecord``
+under a key (``arrays``, ``anchors``, ``reps``), with its serialized
+``mlecs.v1.PayloadManifest`` in a ``ConfigRecord`` under ``<key>-manifest``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from common.state import State
+from proto.manifest import build_manifest, manifest_from, manifest_record, validate_payload
+
+ARRAYS, ANCHORS, REPS, CONFIG, METRICS = "arrays", "anchors", "reps", "config", "metrics"
+NUM_EXAMPLES = "num-examples"  # Flower's default weighting key, kept verbatim
+
+
+def to_record(state: State, dtype: str | None = None) -> ArrayRecord:
+    """Pack a state dict (order kept) into an ArrayRecord.
+
+    With ``dtype`` (e.g. ``"float16"``), floating-point arrays travel in that type.
+    """
+
+    def cast(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v)
+        return v.astype(dtype) if dtype and np.issubdtype(v.dtype, np.floating) else v
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(cast(v))) for k, v in state.items()})
+
+
+def from_record(record: ArrayRecord) -> State:
+    """Unpack an ArrayRecord into a state dict of numpy arrays (dtypes as sent)."""
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def manifest_key(key: str) -> str:
+    """Key of the ConfigRecord holding the manifest of the ArrayRecord ``key``."""
+    return f"{key}-manifest"
+
+
+def pack_payload(
+    state: State, kind: str, dtype: str | None = None, **manifest
+) -> tuple[ArrayRecord, ConfigRecord]:
+    """``state`` as an ArrayRecord and its manifest as a ConfigRecord.
+
+    ``manifest`` holds the extra manifest fields (``role``, ``modalities``,
+    ``counts``, ``partition_id``); the tensors are described as they are sent.
+    """
+    record = to_record(state, dtype)
+    return record, manifest_record(build_manifest(kind, from_record(record), **manifest))
+
+
+def put_payload(
+    content: RecordDict, key: str, state: State, kind: str, dtype: str | None = None, **manifest
+) -> None:
+    """Store ``state`` under ``key`` with its ``mlecs.v1.PayloadManifest``."""
+    content[key], content[manifest_key(key)] = pack_payload(state, kind, dtype, **manifest)
+
+
+def get_payload(content: RecordDict, key: str, kind: str) -> tuple[State, list[str]]:
+    """The arrays under ``key`` and every way they contradict their manifest.
+
+    Apply the arrays only when the problem list is empty (never half-apply).
+    """
+    if key not in content.array_records:
+        return {}, [f"no '{key}' payload"]
+    arrays = from_record(content.array_records[key])
+    manifest = manifest_from(content.config_records.get(manifest_key(key)))
+    return arrays, validate_payload(manifest, arrays, expected_kind=kind)
+
+
+def metric_record(values: dict[str, float | int]) -> MetricRecord:
+    """A MetricRecord of finite floats/ints (NaN values are dropped)."""
+    clean: dict[str, float | int] = {}
+    for k, v in values.items():
+        if isinstance(v, bool):
+            v = int(v)
+        if isinstance(v, (int, np.integer)):
+            clean[k] = int(v)
+        elif np.isfinite(v):
+            clean[k] = float(v)
+    return MetricRecord(clean)
+
+
+def array_bytes(content: RecordDict, key: str, prefix: str | None = None) -> int:
+    """Payload bytes of the ArrayRecord ``key`` (only names starting with ``prefix``)."""
+    if key not in content.array_records:
+        return 0
+    rec = content.array_records[key]
+    return sum(len(a.data) for name, a in rec.items() if prefix is None or name.startswith(prefix))
+
+
+def small_bytes(content: RecordDict, manifests: bool) -> int:
+    """Approximate bytes of the manifests (or of the other config and metric records).
+
+    They are small: their keys and values are counted, 8 bytes per number.
+    """
+    total = 0
+    records = list(content.config_records.items())
+    if not manifests:
+        records += list(content.metric_records.items())
+    for name, rec in records:
+        if name.endswith("-manifest") != manifests:
+            continue
+        for k, v in rec.items():
+            total += len(k) + (len(v) if isinstance(v, (str, bytes)) else 8)
+    return total

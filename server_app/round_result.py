@@ -1,0 +1,47 @@
+"""What one server round produced: the typed result the recorder and the log consume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RoundResult:
+    """One round, as the strategy saw it.
+
+    Attributes
+    ----------
+    server_round : int
+        The round number, counted from the start of the run (resumes included).
+    seconds : float
+        Wall time from sending the train instructions to the end of the round.
+    accepted : int
+        Training replies aggregated.
+    rejected : dict of int to str
+        Node id -> why its training reply was rejected.
+    weights : dict of str to float
+        Node id -> final aggregation weight (after MMA damping).
+    cloud : dict of str to float
+        Losses of the cloud model's training step.
+    clients : dict of int to dict
+        Node id -> that device's evaluation metrics (``partition_id`` added when known).
+    comm : dict of str to float
+        The communication ledger's summary (bytes per device by kind, ratio).
+    """
+
+    server_round: int
+    seconds: float = 0.0
+    accepted: int = 0
+    rejected: dict[int, str] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    cloud: dict[str, float] = field(default_factory=dict)
+    clients: dict[int, dict[str, float]] = field(default_factory=dict)
+    comm: dict[str, float] = field(default_factory=dict)
+
+    def aggregation(self) -> dict[str, object]:
+        """The ``aggregation`` block of a round record."""
+        out: dict[str, object] = {"accepted": self.accepted, "rejected": len(self.rejected)}
+        if self.weights:
+            out["weights"] = dict(self.weights)
+        out.update(self.cloud)
+        return out

@@ -1,0 +1,91 @@
+"""One run on the server: cloud model, strategy, per-round records and checkpoints."""
+
+from __future__ import annotations
+
+from logging import INFO
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.common import log
+from flwr.serverapp import Grid
+
+from common.model.factory import reference_edge_model
+from common.model.state import initial_global_state
+from common.settings import RunSettings
+from proto.records import from_record, to_record
+from server_app.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
+from server_app.cloud import Cloud
+from server_app.recorder import Recorder, round_line, round_record
+from server_app.round_result import RoundResult
+from server_app.strategy import MlEcsStrategy
+
+
+class ServerRun:
+    """Everything the ServerApp holds for one run (no Flower runtime needed)."""
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
+        self.cloud = Cloud(settings)  # loads the data: fails early on bad input
+        edge = reference_edge_model(settings)
+        self.edge_param_bytes = sum(p.numel() for p in edge.parameters()) * 4
+        self.initial_state = initial_global_state(settings, edge)
+        del edge
+        self.strategy = MlEcsStrategy(settings, self.cloud, self.edge_param_bytes)
+        done = self._resume() if settings.resume else 0
+        self.recorder = Recorder(settings, keep_rounds=done)
+        self.comm: list[dict[str, float]] = []
+        self.results: list[RoundResult] = []  # one per round of this start
+        self.global_arrays = ArrayRecord()  # the global shared state after the last round
+
+    def _resume(self) -> int:
+        """Restore the last checkpoint of this run directory; return its round."""
+        run_dir = Path(self.settings.output_dir).expanduser() / self.settings.run_name
+        if not (run_dir / CHECKPOINT).exists():
+            log(INFO, "resume: no checkpoint in %s, starting at round 1", run_dir)
+            return 0
+        ckpt = load_checkpoint(run_dir)
+        self.initial_state = ckpt.global_state
+        self.cloud.load_state(ckpt.cloud_state)
+        self.cloud.load_global(ckpt.global_state)
+        self.strategy.restore(ckpt.strategy)
+        log(INFO, "resume: %s from round %s", run_dir, ckpt.server_round)
+        return ckpt.server_round
+
+    def run(self, grid: Grid) -> dict:
+        """Run every remaining round on ``grid``, then write the summary; return it."""
+        s = self.settings
+        self.strategy.start(
+            grid=grid,
+            initial_arrays=to_record(self.initial_state),
+            num_rounds=s.num_server_rounds - self.strategy.round_number(0),
+            timeout=s.strategy.round_timeout,
+            train_config=ConfigRecord({}),
+            evaluate_config=ConfigRecord({}),
+            evaluate_fn=self.end_round,
+        )
+        return self.finish()
+
+    def end_round(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """``evaluate_fn`` of the strategy: server evaluation, record, checkpoint."""
+        if flower_round == 0:
+            return None
+        server = self.cloud.evaluate()
+        result = self.strategy.finish_round()
+        self.results.append(result)
+        self.global_arrays = arrays
+        self.comm.append(result.comm)
+        record = round_record(result, server)
+        self.recorder.record_round(record)
+        ckpt = Checkpoint(from_record(arrays), self.cloud.state(), self.strategy.snapshot())
+        save_checkpoint(self.recorder.dir, ckpt)
+        log(INFO, round_line(result.server_round, self.settings.num_server_rounds, record))
+        return MetricRecord({k: float(v) for k, v in server.items()})
+
+    def finish(self) -> dict:
+        """Write summary.json (with the communication totals) and the plot."""
+        comm = {}
+        if self.comm:
+            keys = self.comm[-1].keys()
+            comm = {k: sum(c.get(k, 0.0) for c in self.comm) / len(self.comm) for k in keys}
+            comm["edge_model_params"] = self.edge_param_bytes // 4
+        return self.recorder.finish({"comm": comm})

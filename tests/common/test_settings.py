@@ -1,0 +1,66 @@
+"""Run settings: defaults match pyproject, bad input fails early and names the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from common.settings import ConfigError, RunSettings, flat_toml, flatten, read_toml_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pyproject_config() -> dict:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return flat_toml(data["tool"]["flwr"]["app"]["config"])
+
+
+def test_pyproject_defaults_equal_model_defaults():
+    assert pyproject_config() == flatten(RunSettings())
+
+
+def test_pyproject_has_no_federations_section():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "federations" not in data["tool"]["flwr"]
+
+
+def test_flat_run_config_parses_nested_and_lists():
+    s = RunSettings.from_run_config({"lora.rank": 4, "model.fusions": "gated,mean"})
+    assert s.lora.rank == 4 and s.model.fusions == ("gated", "mean")
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"lora.rnak": 4}, "lora.rnak"),
+        ({"lora.rank": 0}, "lora.rank"),
+        ({"dataset": "mnist"}, "dataset"),
+        ({"method": "fedavg2"}, "method"),
+        ({"model.sensor-encoders": "mlp,lstm"}, "lstm"),
+        ({"modality.scenario": "half"}, "modality.scenario"),
+        ({"data.test-fraction": 1.5}, "data.test-fraction"),
+    ],
+)
+def test_bad_config_is_rejected_naming_the_key(config: dict, named: str):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        RunSettings.from_run_config(config)
+
+
+def test_method_components():
+    assert RunSettings(method="mlecs").components.seccl
+    assert not RunSettings(method="no-seccl").components.seccl
+    assert RunSettings(method="no-amt").components.ccl
+    assert not RunSettings(method="standalone").components.federated
+    fedit = RunSettings(method="fedit").components
+    assert fedit.federated and not (fedit.ccl or fedit.amt or fedit.mma or fedit.seccl)
+
+
+def test_every_conf_file_validates():
+    for path in sorted((ROOT / "conf").rglob("*.toml")):
+        RunSettings.from_run_config(read_toml_config(str(path)))
