@@ -28,9 +28,10 @@ def train(msg: Message, context: Context) -> Message:
     """Local AMT / fine-tuning; reply with the shared-state delta and z^c."""
     # Load settings, data, model and this device's persisted state
     device, payload = _open_device(msg, context)
-    # Train, keep the private state, reply with the update
+    # Train, keep the private state, score the personal model, reply with the update
     update = device.train(payload, payload.server_round)
     save_local_state(context, device.local_state())
+    update.evaluation = device.evaluate()
     return Message(train_reply(update, device.settings.transport.dtype), reply_to=msg)
 
 

@@ -1,4 +1,15 @@
-"""One edge device's round: AMT stages, CCL and SE-CCL terms, its update (no Flower)."""
+"""One edge device's round: its training stages, CCL and SE-CCL terms, its update (no Flower).
+
+Every method spends the same ``train.steps`` optimiser steps per round, and every
+step trains the device's encoder side (encoders, heads, fusion, map into the fused
+space) together with the shared adapters (backbone LoRA and prompt adapter).
+Without AMT that is one stage on all the data the device holds (its private train
+split and its public share), whose result is uploaded. With AMT the budget is
+split: a shared stage on all that data, whose result is uploaded, then a private
+stage that goes on tuning the device's own copy of the adapters on its private
+data alone. That personal copy never leaves the device; it is the model the device
+uses (and is scored with) until the next round's global state arrives.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +21,9 @@ from common.data.samples import ClientData, SampleSet
 from common.data.views import build_client_data, task_info
 from common.exchange import DeviceUpdate, GlobalPayload
 from common.learning.evaluation import evaluate, fused_representations
-from common.learning.loop import train_steps
-from common.learning.losses import ExtraLoss, anchor_term, ccl_term, sum_terms
-from common.model.adapters import PRIVATE, SHARED, adapter_parameters
+from common.learning.loop import StageReport, Trainer
+from common.learning.losses import ExtraLoss, anchor_term, ccl_term
+from common.model.adapters import SHARED, adapter_parameters
 from common.model.factory import edge_model
 from common.model.multimodal import MultimodalLM
 from common.model.state import load_local_state, load_shared_state, local_state, shared_state
@@ -30,7 +41,7 @@ class DeviceIdentity:
 
 
 class Device:
-    """A device's data and model for one message, restored from its local state."""
+    """A device's data, model and optimiser for one message, restored from its local state."""
 
     def __init__(self, settings: RunSettings, ident: DeviceIdentity) -> None:
         self.settings = settings
@@ -39,96 +50,100 @@ class Device:
         self.data: ClientData = build_client_data(
             settings, ident.partition_id, ident.num_partitions, ident.modalities
         )
+        # What the device trains on: its private split and (data.use-public-share)
+        # its public share; private ids are made negative so they never match a
+        # public anchor id.
+        use_public = settings.data.use_public_share
+        self.held = (
+            _concat(self.data.train, self.data.public) if use_public else _own(self.data.train)
+        )
         self.model: MultimodalLM = edge_model(
             settings, self.data.modalities, ident.partition_id, self.task
+        )
+        m, t = self.model, settings.train
+        self.encoder_side = [*m.encoders.parameters(), *m.connector.private_parameters()]
+        self.shared_params = [
+            *m.connector.shared_parameters(),
+            *adapter_parameters(m.lm, SHARED),
+        ]
+        self.trainer = Trainer(
+            m, self.encoder_side + self.shared_params, lr=t.lr, weight_decay=t.weight_decay
         )
 
     # ------------------------------------------------------------------ state
     def restore(self, local: State | None, payload: GlobalPayload) -> None:
-        """Load the device's own state, then the global shared state over it."""
+        """Load the device's own state (optimiser included), then the global shared state."""
         if local:
             load_local_state(self.model, local)
-        comps = self.settings.components
-        if comps.federated and payload.state:
-            load_shared_state(self.model, payload.state, heads=comps.mma)
+            self.trainer.load_state(local)
+        if self.settings.components.federated and payload.state:
+            load_shared_state(self.model, payload.state)
 
     def shared_state(self) -> State:
-        """The state this device shares: shared LoRA and (with MMA) its heads."""
-        return shared_state(self.model, heads=self.settings.components.mma)
+        """The state this device shares: the shared low-rank adapters."""
+        return shared_state(self.model)
 
     def local_state(self) -> State:
-        """Everything that stays on the device."""
-        return local_state(self.model, keep_shared=not self.settings.components.federated)
+        """Everything that stays on the device: its parts, personal adapters, optimiser."""
+        comps = self.settings.components
+        keep = comps.amt or not comps.federated
+        return {**local_state(self.model, keep_shared=keep), **self.trainer.state()}
 
     # ---------------------------------------------------------------- training
     def train(self, payload: GlobalPayload, server_round: int) -> DeviceUpdate:
         """Run this round's local training and build the update."""
-        s, comps, m, data = self.settings, self.settings.components, self.model, self.data
+        s, comps, m = self.settings, self.settings.components, self.model
         start = self.shared_state()
         rng = np.random.default_rng([s.seed, self.ident.partition_id, server_round])
-        conn = list(m.connector.parameters())
-        enc = list(m.encoders.parameters())
-        shared = adapter_parameters(m.lm, SHARED)
-        ccl = ccl_term(s.ccl) if comps.ccl else None
-        metrics: dict[str, float] = {}
-        if comps.amt:
-            # Shared stage on the public share: encoders frozen.
-            seccl = self._seccl_term(payload) if comps.seccl else None
-            out = self._stage(data.public, conn + shared, rng, sum_terms(ccl, seccl))
-            metrics.update({f"shared_{k}": v for k, v in out.items()})
-            # Only the shared stage's result is uploaded: snapshot it before the
-            # private stage adapts the connector (heads included) to private data.
-            uploaded = self.shared_state()
-            # Private stage on private data: private LoRA and the gate adapt.
-            private = adapter_parameters(m.lm, PRIVATE) + list(m.gate.parameters())
-            out = self._stage(data.train, enc + conn + private, rng, ccl)
-            metrics.update({f"private_{k}": v for k, v in out.items()})
-            trained_on = data.public
-        else:
-            trained_on = data.train
-            extra = ccl
-            if comps.seccl:
-                trained_on = _concat(data.train, data.public)
-                extra = sum_terms(ccl, self._seccl_term(payload))
-            out = self._stage(trained_on, enc + conn + shared, rng, extra)
-            metrics.update({f"train_{k}": v for k, v in out.items()})
-            uploaded = self.shared_state()
+        terms: dict[str, ExtraLoss] = {}
+        if comps.ccl:
+            terms["ccl"] = ccl_term(s.ccl)
         if comps.seccl:
-            rep_ids, reps = fused_representations(m, data.public)
+            term = anchor_term(payload.anchor_ids, payload.anchors, s.seccl.weight, s.ccl)
+            if term is not None:
+                terms["seccl"] = term
+        steps = s.train.steps
+        shared_steps = steps
+        if comps.amt:
+            shared_steps = min(steps - 1, max(1, round(steps * s.amt.shared_fraction)))
+        report = self._stage(self.held, shared_steps, rng, terms)
+        metrics = report.flat("shared" if comps.amt else "train")
+        # What is uploaded is the state after the shared stage: the adapters' delta
+        # and the fused representations of the device's public share.
+        uploaded = self.shared_state()
+        if comps.seccl:
+            rep_ids, reps = fused_representations(m, self.data.public)
         else:
             rep_ids, reps = np.zeros(0, np.int64), np.zeros((0, s.model.fused_dim), np.float32)
-        delta = subtract(uploaded, start) if comps.federated else {}
-        gate = m.gate.values()
-        metrics.update({"gate_shared": gate[SHARED], "gate_private": gate[PRIVATE]})
+        if comps.amt:
+            # Private stage: the device's own copy goes on learning its private data.
+            report = self._stage(self.data.train, steps - shared_steps, rng, terms)
+            metrics.update(report.flat("private"))
         return DeviceUpdate(
-            delta=delta,
+            delta=subtract(uploaded, start) if comps.federated else {},
             rep_ids=rep_ids,
             reps=reps,
-            num_examples=len(trained_on),
-            modalities=data.modalities,
-            modality_counts=_held_counts(trained_on, data.modalities),
+            num_examples=len(self.held),
+            modalities=self.data.modalities,
+            modality_counts=_held_counts(self.held, self.data.modalities),
             metrics=metrics,
             partition_id=self.ident.partition_id,
         )
 
-    def _seccl_term(self, payload: GlobalPayload) -> ExtraLoss | None:
-        return anchor_term(
-            payload.anchor_ids, payload.anchors, self.settings.seccl.weight, self.settings.ccl
-        )
-
-    def _stage(self, data, params, rng, extra: ExtraLoss | None) -> dict[str, float]:
-        t = self.settings.train
-        return train_steps(
-            self.model,
+    def _stage(
+        self, data: SampleSet, steps: int, rng: np.random.Generator, terms: dict[str, ExtraLoss]
+    ) -> StageReport:
+        # Every step trains the encoder side and the adapters (equal updates across
+        # methods); the gradient shares are measured on the encoder side, where
+        # every loss term acts.
+        return self.trainer.run(
             data,
-            params,
-            batch_size=t.batch_size,
-            epochs=t.epochs,
-            max_steps=t.max_steps,
-            lr=t.lr,
-            weight_decay=t.weight_decay,
-            rng=rng,
-            extra=extra,
+            self.encoder_side + self.shared_params,
+            steps,
+            self.settings.train.batch_size,
+            rng,
+            terms,
+            probe=self.encoder_side,
         )
 
     # -------------------------------------------------------------- evaluation
@@ -152,9 +167,12 @@ def _concat(a: SampleSet, b: SampleSet) -> SampleSet:
         mask=np.concatenate([a.mask, b.mask]),
         targets=a.targets + b.targets,
         labels=np.concatenate([a.labels, b.labels]),
-        # Private ids are made negative so they never match a public anchor id.
         ids=np.concatenate([-1 - a.ids, b.ids]),
     )
+
+
+def _own(a: SampleSet) -> SampleSet:
+    return SampleSet(a.specs, dict(a.inputs), a.mask, list(a.targets), a.labels, -1 - a.ids)
 
 
 def _held_counts(data: SampleSet, held: tuple[str, ...]) -> dict[str, int]:

@@ -105,7 +105,7 @@ def device_representations(
 
     Builds the device's data (``build_client_data``) and model (``edge_model``)
     exactly as its ClientApp does, restores its saved local state (encoders,
-    connector, gate, private LoRA) when ``state_file`` is given, and runs the
+    connector, personal adapters) when ``state_file`` is given, and runs the
     encoders and connector locally.
 
     Parameters

@@ -28,7 +28,7 @@ class GlobalPayload:
     Attributes
     ----------
     state : State
-        ``lora/<key>`` shared LoRA and ``head/<modality>/<param>`` shared heads.
+        ``lora/<key>`` (backbone) and ``prompt/<key>`` (prompt map) shared adapters.
     anchor_ids : numpy.ndarray
         ``(N,)`` public sample ids the anchors belong to.
     anchors : numpy.ndarray
@@ -50,7 +50,7 @@ class DeviceUpdate:
     Attributes
     ----------
     delta : State
-        ``lora/...`` and ``head/...`` deltas against the received global state.
+        ``lora/...`` and ``prompt/...`` deltas against the received global state.
     rep_ids, reps : numpy.ndarray
         ``(N,)`` public ids and ``(N, fused_dim)`` the device's ``z^c`` for them.
     num_examples : int
@@ -63,6 +63,8 @@ class DeviceUpdate:
         Training losses and diagnostics.
     partition_id : int
         The device's partition (-1 when unknown).
+    evaluation : dict of str to float
+        The device's scores of its personal model after this round's training.
     """
 
     delta: State
@@ -73,3 +75,4 @@ class DeviceUpdate:
     modality_counts: dict[str, int]
     metrics: dict[str, float]
     partition_id: int = -1
+    evaluation: dict[str, float] = field(default_factory=dict)

@@ -76,9 +76,11 @@ class DataSettings(_Section):
     """Sizes and splits shared by every dataset."""
 
     test_fraction: float = Field(0.25, gt=0, lt=1)
+    label_skew: float = Field(0.0, ge=0)  # Dirichlet alpha over labels per device; 0 = off
     max_train_per_client: int = Field(192, ge=4)
     max_test_per_client: int = Field(48, ge=2)
     public_share_fraction: float = Field(0.15, gt=0, le=1)
+    use_public_share: bool = True  # devices train on their public share (every method alike)
     max_public_train: int = Field(384, ge=4)
     max_public_test: int = Field(96, ge=2)
     hapt: HaptSettings = HaptSettings()
@@ -101,7 +103,7 @@ class TinyBackboneSettings(_Section):
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
     vocab: int = Field(384, ge=64)
-    pretrain_steps: int = Field(150, ge=0)
+    pretrain_steps: int = Field(50, ge=0)
 
 
 class ModelSettings(_Section):
@@ -155,13 +157,18 @@ class LoraSettings(_Section):
 class TrainSettings(_Section):
     """Local optimisation and generation on a device."""
 
-    batch_size: int = Field(16, ge=1)
-    epochs: int = Field(1, ge=1)
-    max_steps: int = Field(0, ge=0)  # 0 = one pass per epoch
+    batch_size: int = Field(32, ge=1)
+    steps: int = Field(16, ge=1)  # per device per round, the same for every method
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     max_new_tokens: int = Field(6, ge=1)
     eval_batch_size: int = Field(64, ge=1)
+
+
+class AmtSettings(_Section):
+    """Adaptive multimodal tuning: how a device splits its step budget."""
+
+    shared_fraction: float = Field(0.5, gt=0, lt=1)  # of train.steps, in the shared stage
 
 
 class StrategySettings(_Section):
@@ -169,6 +176,9 @@ class StrategySettings(_Section):
 
     fraction_train: float = Field(1.0, gt=0, le=1)
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
+    # Devices evaluate their personal model in every train reply; a separate
+    # evaluation of the aggregated global state runs every N rounds (0 = never).
+    evaluate_every: int = Field(0, ge=0)
     min_nodes: int = Field(2, ge=1)
     round_timeout: float = Field(3600.0, gt=0)
 
@@ -178,6 +188,7 @@ class EvalSettings(_Section):
 
     bertscore: bool = True
     bertscore_model: str = ""  # empty = the packaged all-MiniLM-L6-v2
+    tail_rounds: int = Field(5, ge=1)  # summary "tail": mean of the last rounds
 
 
 class ServerSettings(_Section):
@@ -185,7 +196,7 @@ class ServerSettings(_Section):
 
     backbone: str = "edge"  # "edge" (same as the devices), "tiny" or a local path
     steps: int = Field(12, ge=0)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
 
 
@@ -224,7 +235,7 @@ class RunSettings(_Section):
 
     method: Literal[METHODS] = "mlecs"  # type: ignore[valid-type]
     dataset: Literal[DATASETS] = "hapt"  # type: ignore[valid-type]
-    num_server_rounds: int = Field(5, ge=1)
+    num_server_rounds: int = Field(20, ge=1)
     seed: int = 0
     output_dir: str = "outputs"
     run_name: str = ""
@@ -236,6 +247,7 @@ class RunSettings(_Section):
     model: ModelSettings = ModelSettings()
     lora: LoraSettings = LoraSettings()
     train: TrainSettings = TrainSettings()
+    amt: AmtSettings = AmtSettings()
     strategy: StrategySettings = StrategySettings()
     eval: EvalSettings = EvalSettings()
     server: ServerSettings = ServerSettings()

@@ -1,7 +1,8 @@
 """Flat dicts of numpy arrays, ``State``: how model state is stored, sent and combined.
 
-Keys are prefixed by what they hold, e.g. ``lora/<peft key>`` for the shared LoRA
-or ``head/<modality>/<param>`` for a shared head (see ``common.model.state``).
+Keys are prefixed by what they hold, e.g. ``lora/<peft key>`` for the backbone's
+shared LoRA or ``prompt/lora_A`` for the shared prompt adapter (see
+``common.model.state``).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import numpy as np
 
 State = dict[str, np.ndarray]
 
-LORA = "lora/"  # shared LoRA tensors, by peft key
-HEAD = "head/"  # per-modality shared heads: head/<modality>/<weight|bias>
+LORA = "lora/"  # the backbone's shared LoRA tensors, by peft key
+PROMPT = "prompt/"  # the shared low-rank adapter of the prompt map: prompt/lora_A, prompt/lora_B
+SHARED_PREFIXES = (LORA, PROMPT)
 
 
 def select(state: State, prefix: str) -> State:

@@ -75,9 +75,10 @@ def report(settings: RunSettings, backbone_name: str, public_share: int) -> dict
         "mean",
         m.soft_tokens,
         lm.config.hidden_size,
+        settings.lora.rank,
+        settings.lora.alpha,
     )
-    heads = dict(conn.heads.items()) if comps.mma else {}
-    state = shared_parts_state(model, heads) if comps.federated else {}
+    state = shared_parts_state(model, conn.to_prompt) if comps.federated else {}
     # Edge model = backbone + encoders + connector; the backbone dominates, and the
     # ratio uses the backbone alone so it does not depend on the encoder choice.
     dtype = settings.transport.dtype
@@ -92,7 +93,7 @@ def report(settings: RunSettings, backbone_name: str, public_share: int) -> dict
         num_examples=1,
         modalities=modalities,
         modality_counts={name: 1 for name in modalities},
-        metrics={"shared_loss": 0.0, "private_loss": 0.0, "gate_shared": 1.0, "gate_private": 1.0},
+        metrics={"shared_loss_lm": 0.0, "shared_loss_total": 0.0, "private_loss_lm": 0.0},
         partition_id=0,
     )
     ledger = Ledger()

@@ -5,7 +5,8 @@ manifest, ``config`` (``server-round``), and for training ``anchors`` (``ids``,
 ``z``: the server's fused representations of the device's public ids).
 Device -> server (train reply): ``arrays`` (shared-state delta) whose manifest
 carries the device facts (modality set, per-modality counts, partition),
-``reps`` (``ids``, ``z``) and ``metrics`` (``num-examples`` and training losses).
+``reps`` (``ids``, ``z``), ``metrics`` (``num-examples`` and training losses) and
+``evaluation`` (the device's scores of its personal model after training).
 Device -> server (evaluate reply): ``metrics``.
 
 Every reader validates the whole message before returning anything, so a
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from common.exchange import DeviceUpdate, GlobalPayload
 from common.state import State, as_float32
@@ -37,6 +38,7 @@ from proto.records import (
 )
 
 SERVER_ROUND = "server-round"  # injected into every instruction's config by FedAvg
+EVALUATION = "evaluation"  # a train reply's scores of the device's personal model
 
 
 class PayloadError(ValueError):
@@ -155,6 +157,8 @@ def train_reply(update: DeviceUpdate, dtype: str | None = None) -> RecordDict:
     if len(update.rep_ids):
         reps = {IDS: np.asarray(update.rep_ids, np.int64), Z: update.reps}
         put_payload(content, REPS, reps, "REPRESENTATIONS", dtype, partition_id=update.partition_id)
+    if update.evaluation:
+        content[EVALUATION] = metric_record(update.evaluation)
     return content
 
 
@@ -191,7 +195,14 @@ def read_train_reply(content: RecordDict) -> DeviceUpdate:
         modality_counts={str(k): int(v) for k, v in facts.modality_counts.items()},
         metrics={k: float(v) for k, v in metrics.items() if k != NUM_EXAMPLES},
         partition_id=int(facts.partition_id),
+        evaluation=_floats(content.metric_records.get(EVALUATION)),
     )
+
+
+def _floats(record: MetricRecord | None) -> dict[str, float]:
+    if record is None:
+        return {}
+    return {k: float(v) for k, v in record.items() if not isinstance(v, list)}
 
 
 def evaluate_reply(metrics: dict[str, float], num_examples: int) -> RecordDict:
@@ -202,6 +213,4 @@ def evaluate_reply(metrics: dict[str, float], num_examples: int) -> RecordDict:
 def read_evaluate_reply(content: RecordDict) -> dict[str, float] | None:
     """A device's evaluation metrics (``num-examples`` included), or None if absent."""
     rec = content.metric_records.get(METRICS)
-    if rec is None:
-        return None
-    return {k: float(v) for k, v in rec.items() if not isinstance(v, list)}
+    return None if rec is None else _floats(rec)

@@ -25,9 +25,11 @@ def to_record(state: State, dtype: str | None = None) -> ArrayRecord:
 
     def cast(v: np.ndarray) -> np.ndarray:
         v = np.asarray(v)
-        return v.astype(dtype) if dtype and np.issubdtype(v.dtype, np.floating) else v
+        v = v.astype(dtype) if dtype and np.issubdtype(v.dtype, np.floating) else v
+        # np.ascontiguousarray would turn a 0-d array (a scalar parameter) into 1-d.
+        return v if v.flags.c_contiguous else np.ascontiguousarray(v)
 
-    return ArrayRecord({k: Array(np.ascontiguousarray(cast(v))) for k, v in state.items()})
+    return ArrayRecord({k: Array(cast(v)) for k, v in state.items()})
 
 
 def from_record(record: ArrayRecord) -> State:

@@ -1,9 +1,10 @@
 """Modality-aware aggregation (MMA) and update validation: pure functions on arrays.
 
-``w_i ∝ n_i · (|M_i| / |M|)^beta`` for the shared LoRA, damped robustly (norm
-clipping against the median norm, down-weighting updates that disagree with the
-others); per-modality heads averaged only over the devices holding the modality,
-weighted by their per-modality counts. ``beta = 0`` with no damping is FedAvg.
+``w_i ∝ n_i · (|M_i| / |M|)^beta`` for the shared low-rank adapters (backbone LoRA
+and prompt adapter), damped robustly (norm clipping against the median norm,
+down-weighting updates that disagree with the others). ``beta = 0`` with no
+damping is FedAvg. Nothing is averaged across unlike encoders: the parts that
+read a device's encoders (heads, fusion) stay on the device.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.exchange import DeviceUpdate
-from common.state import HEAD, LORA, State, nbytes, select
+from common.state import SHARED_PREFIXES, State, nbytes
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Contribution:
     node_id : int
         Flower node id of the sender.
     delta : State
-        ``lora/...`` and ``head/<modality>/...`` deltas.
+        ``lora/...`` and ``prompt/...`` deltas.
     num_examples : int
         Samples the shared state was trained on.
     modalities : tuple of str
@@ -71,8 +72,7 @@ def check_contribution(
     Parameters
     ----------
     reference : State
-        The global state sent this round; LoRA keys must match it exactly and head
-        keys must be those of modalities the device declares.
+        The global state sent this round; the delta's keys must match it exactly.
     public_ids : set of int, optional
         Valid public sample ids for representations (None = not checked).
     """
@@ -85,17 +85,14 @@ def check_contribution(
     size = nbytes(c.delta) + int(np.asarray(c.reps).nbytes)
     if size > max_bytes:
         problems.append(f"implausible size {size} bytes (limit {max_bytes})")
-    ref_lora = {k for k in reference if k.startswith(LORA)}
-    got_lora = {k for k in c.delta if k.startswith(LORA)}
-    if ref_lora != got_lora:
-        extra, missing = sorted(got_lora - ref_lora), sorted(ref_lora - got_lora)
-        problems.append(f"LoRA keys differ (unexpected {extra[:2]}, missing {missing[:2]})")
+    ref_keys = {k for k in reference if k.startswith(SHARED_PREFIXES)}
+    got_keys = {k for k in c.delta if k.startswith(SHARED_PREFIXES)}
+    if c.delta and ref_keys != got_keys:
+        extra, missing = sorted(got_keys - ref_keys), sorted(ref_keys - got_keys)
+        problems.append(f"shared keys differ (unexpected {extra[:2]}, missing {missing[:2]})")
     for key, value in c.delta.items():
-        if not key.startswith((LORA, HEAD)):
+        if not key.startswith(SHARED_PREFIXES):
             problems.append(f"unexpected key '{key}'")
-            continue
-        if key.startswith(HEAD) and key.split("/")[1] not in c.modalities:
-            problems.append(f"head '{key}' for a modality the device does not hold")
             continue
         ref = reference.get(key)
         if ref is None:
@@ -175,7 +172,8 @@ def damp(
     if disagreement > 0 and n > 2:
         clipped = [v * s for v, s in zip(vectors, scales)]
         for i in range(n):
-            others = sum(w[j] * clipped[j] for j in range(n) if j != i)
+            # the others' mean uses the undamped weights: the result must not depend on order
+            others = sum(weights[j] * clipped[j] for j in range(n) if j != i)
             denom = np.linalg.norm(others) * np.linalg.norm(clipped[i])
             cos = float(others @ clipped[i] / denom) if denom > 0 else 1.0
             w[i] = weights[i] * ((1 + cos) / 2) ** disagreement
@@ -184,19 +182,21 @@ def damp(
     return scales, w / w.sum()
 
 
-def aggregate_lora(
+def aggregate_shared(
     contribs: list[Contribution], weights: np.ndarray, clip_factor: float, disagreement: float
 ) -> tuple[State, np.ndarray]:
-    """Weighted, damped mean of the ``lora/`` deltas.
+    """Weighted, damped mean of the shared deltas (``lora/`` and ``prompt/``).
+
+    The damping sees one vector per device: all of its shared deltas together.
 
     Returns
     -------
     delta : State
-        Aggregated ``lora/`` delta.
+        Aggregated shared delta.
     weights : numpy.ndarray
         Final per-device weights after damping.
     """
-    keys = sorted(k for k in contribs[0].delta if k.startswith(LORA))
+    keys = sorted(k for k in contribs[0].delta if k.startswith(SHARED_PREFIXES))
     if not keys:
         return {}, weights
     vectors = [_flat(c.delta, keys) for c in contribs]
@@ -208,26 +208,6 @@ def aggregate_lora(
         )
         out[k] = np.asarray(acc, np.float32)
     return out, w
-
-
-def aggregate_heads(contribs: list[Contribution]) -> State:
-    """Per-modality head deltas averaged over the devices that hold the modality.
-
-    Each device's weight for modality ``m`` is its count of samples with ``m``.
-    """
-    out: State = {}
-    modalities = sorted({m for c in contribs for m in c.modalities})
-    for m in modalities:
-        holders = [c for c in contribs if m in c.modalities and select(c.delta, f"{HEAD}{m}/")]
-        counts = np.array([max(c.modality_counts.get(m, 0), 0) for c in holders], np.float64)
-        if not holders or counts.sum() <= 0:
-            continue
-        w = counts / counts.sum()
-        for key in select(holders[0].delta, f"{HEAD}{m}/"):
-            full = f"{HEAD}{m}/{key}"
-            acc = sum(wi * np.asarray(c.delta[full], np.float64) for wi, c in zip(w, holders))
-            out[full] = np.asarray(acc, np.float32)
-    return out
 
 
 def aggregate_representations(

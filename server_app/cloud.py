@@ -6,13 +6,13 @@ import numpy as np
 
 from common.data.views import build_server_data, task_info
 from common.learning.evaluation import evaluate, fused_representations
-from common.learning.loop import train_steps
-from common.learning.losses import anchor_term, ccl_term, sum_terms
+from common.learning.loop import Trainer
+from common.learning.losses import ExtraLoss, anchor_term, ccl_term
 from common.model.adapters import PRIVATE, adapter_parameters
 from common.model.factory import cloud_model
 from common.model.state import cloud_state, load_cloud_state, load_shared_state
 from common.settings import RunSettings
-from common.state import LORA, State, select
+from common.state import State
 
 
 class Cloud:
@@ -20,8 +20,10 @@ class Cloud:
 
     The cloud model holds every modality. Its own LoRA lives in the ``private``
     adapter slot. When it shares the devices' backbone (``server.backbone =
-    "edge"``) and the method federates LoRA, the global shared LoRA sits, frozen,
-    in its ``shared`` slot; otherwise the two sides meet only in the fused space.
+    "edge"``) and the method federates, the global shared adapters (backbone LoRA
+    and prompt adapter) sit, frozen, in its shared slots, and the cloud learns to
+    feed that federated decoder; otherwise it trains its own prompt adapter and the
+    two sides meet only in the fused space.
     """
 
     def __init__(self, settings: RunSettings) -> None:
@@ -29,50 +31,49 @@ class Cloud:
         self.task = task_info(settings)
         self.data = build_server_data(settings)
         self.model = cloud_model(settings, self.task)
-        self.uses_global_lora = settings.server.backbone == "edge" and settings.components.federated
+        self.uses_global = settings.server.backbone == "edge" and settings.components.federated
         self.public_ids = set(int(i) for i in self.data.public_train.ids)
+        m = self.model
+        self._encoder_side = [*m.encoders.parameters(), *m.connector.private_parameters()]
+        self._params = [*self._encoder_side, *adapter_parameters(m.lm, PRIVATE)]
+        if not self.uses_global:
+            self._params += m.connector.shared_parameters()
+        self.trainer = Trainer(m, self._params, lr=settings.server.lr)
 
     def load_global(self, state: State) -> None:
-        """Put the global shared LoRA into the cloud model (when backbones match)."""
-        if self.uses_global_lora and select(state, LORA):
-            load_shared_state(self.model, state, heads=False)
+        """Put the global shared adapters into the cloud model (when backbones match)."""
+        if self.uses_global and state:
+            load_shared_state(self.model, state)
 
     def step(
         self, consensus_ids: np.ndarray, consensus: np.ndarray, server_round: int
     ) -> dict[str, float]:
-        """Train encoders, connector and the cloud LoRA on the public train split.
+        """Train the cloud's encoders, connector and LoRA on the public train split.
 
         Loss: LM + CCL (if on) + an alignment term pulling ``z^s_i`` toward the
         edge consensus ``z^c_i`` (volume InfoNCE, consensus as anchor; if on).
         """
-        s, comps, m = self.settings, self.settings.components, self.model
+        s, comps = self.settings, self.settings.components
         if s.server.steps == 0:
             return {}
-        extra = sum_terms(
-            ccl_term(s.ccl) if comps.ccl else None,
-            anchor_term(consensus_ids, consensus, s.seccl.server_weight, s.ccl)
-            if comps.seccl
-            else None,
-        )
-        params = (
-            list(m.encoders.parameters())
-            + list(m.connector.parameters())
-            + adapter_parameters(m.lm, PRIVATE)
-        )
+        terms: dict[str, ExtraLoss] = {}
+        if comps.ccl:
+            terms["ccl"] = ccl_term(s.ccl)
+        if comps.seccl:
+            term = anchor_term(consensus_ids, consensus, s.seccl.server_weight, s.ccl)
+            if term is not None:
+                terms["align"] = term
         rng = np.random.default_rng([s.seed, 7919, server_round])
-        out = train_steps(
-            m,
+        report = self.trainer.run(
             self.data.public_train,
-            params,
-            batch_size=s.server.batch_size,
-            epochs=1000,
-            max_steps=s.server.steps,
-            lr=s.server.lr,
-            weight_decay=0.0,
-            rng=rng,
-            extra=extra,
+            self._params,
+            s.server.steps,
+            s.server.batch_size,
+            rng,
+            terms,
+            probe=self._encoder_side,
         )
-        return {f"server_{k}": v for k, v in out.items()}
+        return report.flat("server")
 
     def representations(self) -> tuple[np.ndarray, np.ndarray]:
         """``z^s`` for every public train sample: ``(N,)`` ids, ``(N, F)``."""

@@ -25,7 +25,6 @@ from common.model.factory import cloud_model
 from common.model.multimodal import MultimodalLM
 from common.model.state import load_cloud_state, load_shared_state
 from common.settings import RunSettings
-from common.state import LORA, select
 from proto import inference
 from server_app.checkpoint import load_checkpoint
 
@@ -72,8 +71,8 @@ def load_cloud_model(
     model = cloud_model(settings)
     load_cloud_state(model, ckpt.cloud_state)
     shares_lora = settings.server.backbone == "edge" and settings.components.federated
-    if shares_lora and select(ckpt.global_state, LORA):
-        load_shared_state(model, ckpt.global_state, heads=False)
+    if shares_lora and ckpt.global_state:
+        load_shared_state(model, ckpt.global_state)
     model.eval()
     info = inference.ModelInfo(
         run_name=run_dir.name,

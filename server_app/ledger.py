@@ -6,15 +6,15 @@ from collections import defaultdict
 
 from flwr.app import RecordDict
 
-from common.state import HEAD, LORA
+from common.state import LORA, PROMPT
 from proto.records import ANCHORS, ARRAYS, REPS, array_bytes, small_bytes
 
 KINDS = (
     "lora_down",
-    "heads_down",
+    "prompt_down",
     "reps_down",
     "lora_up",
-    "heads_up",
+    "prompt_up",
     "reps_up",
     "manifests",
     "metrics",
@@ -35,7 +35,7 @@ class Ledger:
         """Count a server -> device message."""
         row = self.round[node]
         row["lora_down"] += array_bytes(content, ARRAYS, LORA)
-        row["heads_down"] += array_bytes(content, ARRAYS, HEAD)
+        row["prompt_down"] += array_bytes(content, ARRAYS, PROMPT)
         row["reps_down"] += array_bytes(content, ANCHORS)
         row["manifests"] += small_bytes(content, manifests=True)
         row["metrics"] += small_bytes(content, manifests=False)
@@ -44,7 +44,7 @@ class Ledger:
         """Count a device -> server message."""
         row = self.round[node]
         row["lora_up"] += array_bytes(content, ARRAYS, LORA)
-        row["heads_up"] += array_bytes(content, ARRAYS, HEAD)
+        row["prompt_up"] += array_bytes(content, ARRAYS, PROMPT)
         row["reps_up"] += array_bytes(content, REPS)
         row["manifests"] += small_bytes(content, manifests=True)
         row["metrics"] += small_bytes(content, manifests=False)
@@ -58,8 +58,8 @@ class Ledger:
         if not nodes:
             return {}
         mean = {k: sum(n[k] for n in nodes) / len(nodes) for k in KINDS}
-        up = mean["lora_up"] + mean["heads_up"] + mean["reps_up"]
-        down = mean["lora_down"] + mean["heads_down"] + mean["reps_down"]
+        up = mean["lora_up"] + mean["prompt_up"] + mean["reps_up"]
+        down = mean["lora_down"] + mean["prompt_down"] + mean["reps_down"]
         # Metrics and manifests flow both ways; they are counted once, on the upload side.
         up += mean["metrics"] + mean["manifests"]
         return {

@@ -41,14 +41,18 @@ def round_record(result: RoundResult, server: dict[str, float]) -> dict[str, Any
     clients = result.clients
     record: dict[str, Any] = {"round": result.server_round}
     for key in FINAL_KEYS:
-        vals = [m[key] for m in clients.values() if key in m]
-        record[f"client_{key}"] = sum(vals) / len(vals) if vals else None
+        record[f"client_{key}"] = _mean([m.get(key) for m in clients.values()])
         record[f"server_{key}"] = server.get(key)
+        if result.clients_global:
+            vals = [m.get(key) for m in result.clients_global.values()]
+            record[f"client_global_{key}"] = _mean(vals)
     record.update(
         seconds=result.seconds,
         comm=result.comm,
         aggregation=result.aggregation(),
         clients={str(n): m for n, m in clients.items()},
+        clients_global={str(n): m for n, m in result.clients_global.items()},
+        training={str(n): m for n, m in result.training.items()},
     )
     return record
 
@@ -70,6 +74,11 @@ def round_line(server_round: int, total: int, r: dict) -> str:
         f"{agg.get('accepted', 0)} accepted, {agg.get('rejected', 0)} rejected | "
         f"{r['seconds']:.1f}s"
     )
+
+
+def _mean(values: list[Any]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 class Recorder:
@@ -103,6 +112,8 @@ class Recorder:
         for side in ("client", "server"):
             for key in FINAL_KEYS:
                 final[f"{side}_{key}"] = last.get(f"{side}_{key}")
+        tail_rounds = self.history[-self.settings.eval.tail_rounds :]
+        tail = {k: _mean([r.get(k) for r in tail_rounds]) for k in final}
         summary = {
             "method": self.settings.method,
             "dataset": self.settings.dataset,
@@ -110,6 +121,8 @@ class Recorder:
             "rounds": len([r for r in self.history if r["round"] > 0]),
             "bertscore_model": BERTSCORE_NAME,
             "final": final,
+            "tail": tail,
+            "tail_rounds": [r["round"] for r in tail_rounds],
             "first_round": {k: self.history[0].get(k) for k in final} if self.history else {},
             **(extra or {}),
         }

@@ -24,7 +24,14 @@ class RoundResult:
     cloud : dict of str to float
         Losses of the cloud model's training step.
     clients : dict of int to dict
-        Node id -> that device's evaluation metrics (``partition_id`` added when known).
+        Node id -> that device's scores of its personal model after training (from
+        its train reply; ``partition_id`` added).
+    clients_global : dict of int to dict
+        Node id -> scores from a separate evaluation of the aggregated global
+        state with the device's own parts (``strategy.evaluate-every`` rounds).
+    training : dict of int to dict
+        Node id -> what that device reported of its training: per stage the steps,
+        each loss term and each term's gradient share.
     comm : dict of str to float
         The communication ledger's summary (bytes per device by kind, ratio).
     """
@@ -36,6 +43,8 @@ class RoundResult:
     weights: dict[str, float] = field(default_factory=dict)
     cloud: dict[str, float] = field(default_factory=dict)
     clients: dict[int, dict[str, float]] = field(default_factory=dict)
+    clients_global: dict[int, dict[str, float]] = field(default_factory=dict)
+    training: dict[int, dict[str, float]] = field(default_factory=dict)
     comm: dict[str, float] = field(default_factory=dict)
 
     def aggregation(self) -> dict[str, object]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from logging import INFO
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -18,6 +19,8 @@ from server_app.cloud import Cloud
 from server_app.recorder import Recorder, round_line, round_record
 from server_app.round_result import RoundResult
 from server_app.strategy import MlEcsStrategy
+
+_NO_CONSENSUS = (np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
 
 
 class ServerRun:
@@ -54,6 +57,10 @@ class ServerRun:
     def run(self, grid: Grid) -> dict:
         """Run every remaining round on ``grid``, then write the summary; return it."""
         s = self.settings
+        if self.strategy.round_number(0) == 0:
+            # Round 0: the cloud first tunes on its public data (every method alike),
+            # so its first SE-CCL anchors are not those of an untrained model.
+            log(INFO, "round 0: cloud %s", self.cloud.step(*_NO_CONSENSUS, 0))
         self.strategy.start(
             grid=grid,
             initial_arrays=to_record(self.initial_state),

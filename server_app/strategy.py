@@ -26,9 +26,8 @@ from proto.messages import (
 from proto.records import NUM_EXAMPLES, from_record, to_record
 from server_app.aggregation import (
     Contribution,
-    aggregate_heads,
-    aggregate_lora,
     aggregate_representations,
+    aggregate_shared,
     check_contribution,
     mma_weights,
 )
@@ -123,10 +122,19 @@ class MlEcsStrategy(FedAvg):
         return messages
 
     def _anchors_for(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """SE-CCL anchors for ``node``: its public ids' ``z^s``, or all of them.
+
+        A device the server has not heard from yet (round 1, a newcomer) gets the
+        whole table, as the server does not know its public share.
+        """
         snap = self._snapshot
-        ids = snap.node_public_ids.get(node)
-        if not self.settings.components.seccl or ids is None or not len(snap.anchor_ids):
+        if not self.settings.components.seccl:
             return None
+        if not len(snap.anchor_ids):
+            snap.anchor_ids, snap.anchors = self.cloud.representations()
+        ids = snap.node_public_ids.get(node)
+        if ids is None:
+            return snap.anchor_ids, snap.anchors
         row = {int(i): r for r, i in enumerate(snap.anchor_ids)}
         ids = np.array([i for i in ids if int(i) in row], np.int64)
         return ids, snap.anchors[[row[int(i)] for i in ids]]
@@ -164,8 +172,14 @@ class MlEcsStrategy(FedAvg):
                 result.rejected[node] = "; ".join(problems)
                 continue
             accepted.append(contrib)
+            result.training[node] = dict(update.metrics)
+            if update.evaluation:
+                result.clients[node] = {**update.evaluation, "partition_id": update.partition_id}
             self._snapshot.node_public_ids[node] = contrib.rep_ids
             self._node_partition[node] = update.partition_id
+        # Replies arrive in any order; aggregate in partition order, so that a run's
+        # floating-point sums (and so its results) do not depend on arrival order.
+        accepted.sort(key=lambda c: (self._node_partition.get(c.node_id, -1), c.node_id))
         for node, why in result.rejected.items():
             log(WARNING, "round %s: rejected update of node %s: %s", n, node, why)
         result.accepted = len(accepted)
@@ -175,9 +189,7 @@ class MlEcsStrategy(FedAvg):
             clip = s.mma.clip_factor if comps.mma else 0.0
             dis = s.mma.disagreement if comps.mma else 0.0
             weights = mma_weights(accepted, len(self.all_modalities), beta)
-            delta, final = aggregate_lora(accepted, weights, clip, dis)
-            if comps.mma:
-                delta.update(aggregate_heads(accepted))
+            delta, final = aggregate_shared(accepted, weights, clip, dis)
             new_state = {
                 k: (v + delta[k]).astype(np.float32) if k in delta else v
                 for k, v in reference.items()
@@ -199,8 +211,15 @@ class MlEcsStrategy(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the new global state (packed once) to the devices for personal evaluation."""
+        """Every ``strategy.evaluate-every`` rounds, send the aggregated state for evaluation.
+
+        Devices score their personal model in every train reply; this separate
+        evaluation scores the aggregated shared state with each device's own parts.
+        """
         n = self.round_number(server_round)
+        every = self.settings.strategy.evaluate_every
+        if every == 0 or n % every:
+            return []
         messages = list(super().configure_evaluate(n, arrays, config, grid))
         if messages:
             packed: PackedState = pack_global(from_record(arrays), self.settings.transport.dtype)
@@ -227,7 +246,7 @@ class MlEcsStrategy(FedAvg):
                     metrics["partition_id"] = self._node_partition[node]
                 clients[node] = metrics
         if self._round is not None:
-            self._round.result.clients = clients
+            self._round.result.clients_global = clients
         if not clients:
             return None
         keys = set.intersection(*(set(m) for m in clients.values()))

@@ -28,7 +28,7 @@ TINY = {
     "model.tiny.layers": 1,
     "model.tiny.pretrain-steps": 5,
     "train.batch-size": 8,
-    "train.max-steps": 2,
+    "train.steps": 2,
     "train.max-new-tokens": 3,
     "server.steps": 2,
     "eval.bertscore": False,

@@ -23,6 +23,7 @@ SEED_CLIENT_SPLIT = 6
 SEED_CAP = 7
 SEED_SHARE = 8
 SEED_MASK = 9
+SEED_SKEW = 10
 _MIN_PER_CLIENT = 8  # Dirichlet split: fewer samples leave no useful train/test
 
 
@@ -145,6 +146,45 @@ def dirichlet_split(
                 sizes[part] + 1,
             )
     return [np.flatnonzero(owner == part) for part in range(num_parts)]
+
+
+def skew_labels(
+    index: np.ndarray, labels: np.ndarray, alpha: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Subsample ``index`` so that its label mix follows Dirichlet(``alpha``) proportions.
+
+    Parameters
+    ----------
+    index : numpy.ndarray
+        ``(N,)`` pool indices of one device.
+    labels : numpy.ndarray
+        Label of every pool sample (``-1``: none).
+    alpha : float
+        Concentration; small values leave a device with a few dominant classes.
+    rng : numpy.random.Generator
+        Source of randomness.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted subset of ``index``: as many samples as the drawn proportions allow
+        without repeating one (the scarcest class relative to its share binds), at
+        least two, and every unlabelled sample kept.
+    """
+    own = labels[index]
+    classes = np.unique(own[own >= 0])
+    if len(classes) == 0:
+        return index
+    share = rng.dirichlet(np.full(len(classes), alpha))
+    have = np.array([(own == c).sum() for c in classes])
+    total = min(have[k] / share[k] for k in range(len(classes)) if share[k] > 0)
+    take = np.floor(total * share).astype(int)
+    take[share.argmax()] = max(take[share.argmax()], min(2, have[share.argmax()]))
+    keep = [index[own < 0]]
+    for c, n in zip(classes, take):
+        members = index[own == c]
+        keep.append(rng.choice(members, size=min(n, len(members)), replace=False))
+    return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
 def train_test(

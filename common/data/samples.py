@@ -153,3 +153,5 @@ class TaskInfo:
     prompt: str
     class_names: list[str] = field(default_factory=list)  # label index -> text
     corpus: list[str] = field(default_factory=list)  # texts to train a tokenizer on
+    answers: list[str] = field(default_factory=list)  # every distinct target text
+    texts: list[str] = field(default_factory=list)  # every distinct text input

@@ -10,9 +10,11 @@ from common.data.partition import (
     SEED_CLIENT_SPLIT,
     SEED_MASK,
     SEED_SHARE,
+    SEED_SKEW,
     partition,
     public_split,
     rng,
+    skew_labels,
     train_test,
 )
 from common.data.partition import cap as cap_index
@@ -29,21 +31,26 @@ PROMPTS = {
 def task_info(settings: RunSettings) -> TaskInfo:
     """Return the dataset-level facts: modalities, prompt, classes, corpus.
 
-    ``corpus`` holds the prompt, every distinct target text and every distinct
-    text input (the easy-VQA questions), for training a tokenizer.
+    ``corpus`` holds the prompt, every distinct target text (``answers``) and
+    every distinct text input (``texts``, e.g. the easy-VQA questions), for
+    training a tokenizer; the tiny backbone's warm-up uses the last two.
     """
     pool = load_pool(settings)
     prompt = PROMPTS.get(settings.dataset, settings.data.jsonl.prompt)
-    texts = [prompt, *pool.samples.targets]
+    answers = [t for t in dict.fromkeys(pool.samples.targets) if t]
+    inputs: list[str] = []
     for spec in pool.samples.specs:
         if spec.kind == "text":
-            texts.extend(str(t) for t in pool.samples.inputs[spec.name])
+            inputs.extend(str(t) for t in pool.samples.inputs[spec.name])
+    texts = [t for t in dict.fromkeys(inputs) if t]
     return TaskInfo(
         name=settings.dataset,
         specs=pool.samples.specs,
         prompt=prompt,
         class_names=list(pool.class_names),
-        corpus=[t for t in dict.fromkeys(texts) if t],
+        corpus=list(dict.fromkeys([prompt, *answers, *texts])),
+        answers=answers,
+        texts=texts,
     )
 
 
@@ -99,7 +106,9 @@ def build_client_data(
     Returns
     -------
     ClientData
-        ``train`` / ``test`` capped at ``data.max-train-per-client`` /
+        With ``data.label-skew`` > 0, the device's samples are first subsampled
+        to a Dirichlet label mix (train and test alike: the device's own
+        distribution). ``train`` / ``test`` capped at ``data.max-train-per-client`` /
         ``data.max-test-per-client``; ``public`` a seeded
         ``data.public-share-fraction`` of the server's ``public_train`` with the
         same ids. All three restricted to the device's modalities, each sample
@@ -117,6 +126,9 @@ def build_client_data(
     held = held_modalities(settings, partition_id, num_partitions, modalities)
     data, seed = settings.data, settings.seed
     own = partition(settings, num_partitions)[partition_id]
+    if data.label_skew > 0:
+        skew_rng = rng(seed, SEED_SKEW, partition_id)
+        own = skew_labels(own, pool.samples.labels, data.label_skew, skew_rng)
     train, test = train_test(
         own, pool.splits, data.test_fraction, rng(seed, SEED_CLIENT_SPLIT, partition_id)
     )

@@ -16,7 +16,10 @@ ExtraLoss = Callable[[Batch, torch.Tensor, torch.Tensor], torch.Tensor | None]
 
 
 def ccl_term(cfg: CclSettings) -> ExtraLoss:
-    """CCL over the batch's per-modality embeddings, weighted by ``cfg.weight``."""
+    """CCL over the batch's per-modality embeddings, weighted by ``cfg.weight``.
+
+    Zero for a batch in which no sample has two modalities.
+    """
 
     def term(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return cfg.weight * ccl_loss(e, batch.mask, cfg.temperature, cfg.label_smoothing)
@@ -60,16 +63,3 @@ def anchor_term(
         )
 
     return term
-
-
-def sum_terms(*terms: ExtraLoss | None) -> ExtraLoss | None:
-    """One extra loss adding up the given terms (None ones skipped)."""
-    active = [t for t in terms if t is not None]
-    if not active:
-        return None
-
-    def total(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
-        parts = [p for p in (t(batch, e, z) for t in active) if p is not None]
-        return sum(parts) if parts else None
-
-    return total

@@ -1,16 +1,18 @@
-"""Shared and private LoRA on one backbone, mixed by a learned per-device gate.
+"""LoRA adapters on the backbone: the shared (federated) one, and a model's own one.
 
-The shared adapter is the one that is federated; the private adapter never leaves
-the device. Both are active at once; the gate scales each adapter's LoRA output by
-``g_a = gmax * sigmoid(theta_a)`` (``g = 1`` at initialisation).
+Every model has the ``shared`` adapter, the one that is federated. The cloud
+model also has its ``private`` adapter, its own LoRA, active beside the frozen
+global one (the two sides then share the decoder and the cloud adds what its
+public data teach).
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from transformers import PreTrainedModel
@@ -20,41 +22,8 @@ from common.settings import ConfigError, LoraSettings
 SHARED, PRIVATE = "shared", "private"
 
 
-class AdapterGate(nn.Module):
-    """Learnable scalar gate per adapter, written into peft's LoRA scaling.
-
-    A forward pre-hook on every LoRA layer recomputes ``scaling[a]`` from ``theta``
-    on each call, so the gate is differentiable and survives ``generate()``.
-    """
-
-    def __init__(self, adapters: tuple[str, ...] = (SHARED, PRIVATE), gmax: float = 2.0):
-        super().__init__()
-        self.gmax = gmax
-        self.theta = nn.ParameterDict({a: nn.Parameter(torch.zeros(())) for a in adapters})
-        self._base: dict[int, dict[str, float]] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def values(self) -> dict[str, float]:
-        """Current gate value per adapter."""
-        return {a: float(self.gmax * torch.sigmoid(t.detach())) for a, t in self.theta.items()}
-
-    def attach(self, model: nn.Module) -> AdapterGate:
-        """Hook every LoRA layer of ``model`` (call after all adapters exist)."""
-        for mod in model.modules():
-            if isinstance(mod, LoraLayer):
-                self._base[id(mod)] = {
-                    a: mod.lora_alpha[a] / mod.r[a] for a in self.theta if a in mod.scaling
-                }
-                self._handles.append(mod.register_forward_pre_hook(self._hook))
-        return self
-
-    def _hook(self, mod: nn.Module, args: tuple) -> None:
-        for a, s in self._base[id(mod)].items():
-            mod.scaling[a] = s * self.gmax * torch.sigmoid(self.theta[a])
-
-
-def add_adapters(model: PreTrainedModel, cfg: LoraSettings) -> PeftModel:
-    """Wrap ``model`` with a shared and a private LoRA adapter, both active.
+def add_adapters(model: PreTrainedModel, cfg: LoraSettings, private: bool = False) -> PeftModel:
+    """Wrap ``model`` with the shared LoRA adapter (and, if ``private``, its own one too).
 
     Raises
     ------
@@ -65,23 +34,23 @@ def add_adapters(model: PreTrainedModel, cfg: LoraSettings) -> PeftModel:
     missing = [t for t in cfg.targets if t not in names]
     if missing:
         raise ConfigError(f"config key 'lora.targets': {missing} are not modules of the backbone")
-    shared = LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=list(cfg.targets),
-        bias="none",
-    )
-    private = LoraConfig(
-        r=cfg.private_rank,
-        lora_alpha=cfg.private_alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=list(cfg.targets),
-        bias="none",
-    )
-    peft_model = get_peft_model(model, shared, adapter_name=SHARED)
-    peft_model.add_adapter(PRIVATE, private)
-    peft_model.base_model.set_adapter([SHARED, PRIVATE])
+
+    def config(rank: int, alpha: float) -> LoraConfig:
+        return LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=list(cfg.targets),
+            bias="none",
+        )
+
+    with warnings.catch_warnings():
+        # peft probes a deprecated transformers attribute; the warning is not ours.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        peft_model = get_peft_model(model, config(cfg.rank, cfg.alpha), adapter_name=SHARED)
+    if private:
+        peft_model.add_adapter(PRIVATE, config(cfg.private_rank, cfg.private_alpha))
+        peft_model.base_model.set_adapter([SHARED, PRIVATE])
     return peft_model
 
 

@@ -75,17 +75,25 @@ def train_tokenizer(corpus: list[str], vocab: int, cache: Path) -> PreTrainedTok
 
 
 def build_tiny(
-    cfg: TinyBackboneSettings, corpus: list[str], prompt: str, cache: Path, seed: int
+    cfg: TinyBackboneSettings,
+    answers: list[str],
+    texts: list[str],
+    prompt: str,
+    cache: Path,
+    seed: int,
 ) -> Backbone:
-    """Build the tiny Llama backbone, warmed up on the task texts (cached).
+    """Build the tiny Llama backbone, warmed up on the task's texts (cached).
 
-    The warm-up is causal-LM training on ``prompt + text`` for every distinct text
-    of the corpus, each equally often, so the model learns to spell the answers
-    without learning which answer is frequent. It stands in for the pretrained
-    small LM a real device would carry.
+    The warm-up is causal-LM training on ``prompt + " " + answer`` for every
+    distinct answer and on every distinct text input (e.g. questions), each
+    sequence equally often, so the model learns to spell the answers after the
+    prompt without learning which answer is frequent (and never the prompt as an
+    answer). It stands in for the pretrained small LM a real device would carry.
     """
-    tok = train_tokenizer(corpus + [prompt], cfg.vocab, cache)
-    key = _digest([cfg.model_dump(), sorted(set(corpus)), prompt, seed, len(tok)])
+    tok = train_tokenizer([prompt, *answers, *texts], cfg.vocab, cache)
+    seqs = [f"{prompt} {a}" for a in sorted(set(answers)) if a != prompt]
+    seqs += [t for t in sorted(set(texts)) if t != prompt]
+    key = _digest([cfg.model_dump(), seqs, seed, len(tok), _WARM_UP_VERSION])
     path = cache / f"tiny-llama-{key}"
     if (path / "config.json").exists():
         return Backbone(LlamaForCausalLM.from_pretrained(path), tok)
@@ -104,23 +112,24 @@ def build_tiny(
         eos_token_id=tok.eos_token_id,
     )
     model = LlamaForCausalLM(config)
-    _warm_up(model, tok, sorted(set(corpus)), prompt, cfg.pretrain_steps, seed)
+    _warm_up(model, tok, seqs, cfg.pretrain_steps, seed)
     atomic_write(path, model.save_pretrained)
     return Backbone(model, tok)
+
+
+_WARM_UP_VERSION = 2  # bump when the warm-up corpus or recipe changes
 
 
 def _warm_up(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerFast,
-    texts: list[str],
-    prompt: str,
+    seqs: list[str],
     steps: int,
     seed: int,
 ) -> None:
-    if steps == 0 or not texts:
+    if steps == 0 or not seqs:
         return
     gen = torch.Generator().manual_seed(seed)
-    seqs = [f"{prompt} {t}" for t in texts] + texts
     enc = tok(
         [tok.bos_token + s + tok.eos_token for s in seqs],
         padding=True,

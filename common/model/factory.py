@@ -18,8 +18,15 @@ from common.settings import ModelSettings, RunSettings, TinyBackboneSettings
 
 
 @lru_cache(maxsize=4)
-def _tiny(cfg: TinyBackboneSettings, corpus: tuple[str, ...], prompt: str, cache: str, seed: int):
-    return build_tiny(cfg, list(corpus), prompt, Path(cache), seed)
+def _tiny(
+    cfg: TinyBackboneSettings,
+    answers: tuple[str, ...],
+    texts: tuple[str, ...],
+    prompt: str,
+    cache: str,
+    seed: int,
+) -> Backbone:
+    return build_tiny(cfg, list(answers), list(texts), prompt, Path(cache), seed)
 
 
 @lru_cache(maxsize=2)
@@ -35,7 +42,8 @@ def backbone_for(settings: RunSettings, task: TaskInfo, spec: str) -> Backbone:
     """
     if spec == "tiny":
         cfg = settings.model.tiny
-        base = _tiny(cfg, tuple(task.corpus), task.prompt, str(cache_root(settings)), settings.seed)
+        cache = str(cache_root(settings))
+        base = _tiny(cfg, tuple(task.answers), tuple(task.texts), task.prompt, cache, settings.seed)
     else:
         base = _local(spec)
     return Backbone(copy.deepcopy(base.model), base.tokenizer)
@@ -83,6 +91,7 @@ def edge_model(
         backbone_for(settings, task, m.backbone),
         settings.lora,
         task.prompt,
+        shared_seed(settings),
     )
     return model.to(device_torch(settings))
 
@@ -110,5 +119,12 @@ def cloud_model(settings: RunSettings, task: TaskInfo | None = None) -> Multimod
         backbone_for(settings, task, spec),
         settings.lora,
         task.prompt,
+        shared_seed(settings),
+        private_adapter=True,
     )
     return model.to(device_torch(settings))
+
+
+def shared_seed(settings: RunSettings) -> int:
+    """Seed of the connector parts every device and the server start from alike."""
+    return (settings.seed * 1_000_003 + 0x5EED) & 0x7FFFFFFF

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from common.data.samples import ModalitySpec, SampleSet
-from common.model.adapters import PRIVATE, SHARED, AdapterGate, add_adapters, freeze_all
+from common.model.adapters import add_adapters, freeze_all
 from common.model.backbone import Backbone
 from common.model.connector import Connector
 from common.model.encoders import build_encoder
@@ -65,6 +65,10 @@ class MultimodalLM(nn.Module):
         Adapter ranks and targets.
     prompt : str
         The task prompt that follows the soft tokens.
+    shared_seed : int
+        Seed of the connector parts every model of a run starts from alike.
+    private_adapter : bool
+        Give the backbone its own LoRA beside the shared one (the cloud model).
     """
 
     def __init__(
@@ -77,6 +81,8 @@ class MultimodalLM(nn.Module):
         backbone: Backbone,
         lora: LoraSettings,
         prompt: str,
+        shared_seed: int = 0,
+        private_adapter: bool = False,
     ) -> None:
         super().__init__()
         by_name = {s.name: s for s in specs}
@@ -104,10 +110,12 @@ class MultimodalLM(nn.Module):
             fusion,
             cfg.soft_tokens,
             backbone.hidden_size,
+            lora.rank,
+            lora.alpha,
+            shared_seed,
         )
         freeze_all(backbone.model)
-        self.lm = add_adapters(backbone.model, lora)
-        self.gate = AdapterGate((SHARED, PRIVATE)).attach(self.lm)
+        self.lm = add_adapters(backbone.model, lora, private=private_adapter)
         tok = self.tokenizer
         self.register_buffer(
             "prompt_ids",

@@ -2,17 +2,18 @@
 
 Three kinds, each a flat :data:`~common.state.State` with prefixed keys:
 
-* **shared**: what a device shares with the federation, ``lora/<peft key>`` (the
-  shared adapter) and, with MMA, ``head/<modality>/<param>`` (its heads);
+* **shared**: what a device shares with the federation, low-rank updates only:
+  ``lora/<peft key>`` (the backbone's shared LoRA) and ``prompt/lora_A``,
+  ``prompt/lora_B`` (the prompt map's shared adapter);
 * **local**: what stays on a device, ``enc/`` (encoders), ``conn/`` (connector),
-  ``gate/`` (adapter gate), ``private/`` (private adapter), and ``shared/`` (the
-  shared adapter itself, when nothing is federated and it is only the device's);
+  ``opt/`` (optimiser state, see ``common.learning.loop``), and ``shared/``: the
+  device's own copy of the shared adapters (its personal adapters after AMT's
+  private stage, or simply its adapters when nothing is federated);
 * **cloud**: the server model's own state, ``enc/``, ``conn/``, ``private/``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,25 +23,34 @@ from torch import nn
 
 from common.atomic import read_npz, write_npz
 from common.model.adapters import PRIVATE, SHARED, adapter_state, load_adapter_state
+from common.model.connector import LowRankLinear
 from common.model.multimodal import MultimodalLM
 from common.settings import RunSettings
-from common.state import HEAD, LORA, State, prefixed, select
+from common.state import LORA, PROMPT, State, prefixed, select
 
-ENC, CONN, GATE, PRIV, OWN_SHARED = "enc/", "conn/", "gate/", "private/", "shared/"
+ENC, CONN, PRIV, OWN_SHARED = "enc/", "conn/", "private/", "shared/"
 
 
-def module_state(module: nn.Module, prefix: str = "") -> State:
-    """Copy a module's parameters and buffers out as fp32 (or int) numpy arrays."""
+def module_state(module: nn.Module, prefix: str = "", only: tuple[str, ...] = ()) -> State:
+    """Copy a module's parameters and buffers (``only`` these names, if given) as numpy."""
     out: State = {}
     for k, v in module.state_dict().items():
+        if only and k not in only:
+            continue
         t = v.detach().cpu()
         t = t.float() if t.is_floating_point() else t
         out[prefix + k] = t.numpy().copy()
     return out
 
 
-def load_module_state(module: nn.Module, state: State, prefix: str = "") -> None:
-    """Load the ``prefix``-ed entries of ``state`` into ``module`` (strict)."""
+def load_module_state(
+    module: nn.Module, state: State, prefix: str = "", strict: bool = True
+) -> None:
+    """Load the ``prefix``-ed entries of ``state`` into ``module``.
+
+    With ``strict=False`` a subset of the module's entries may be given, but
+    never an entry the module does not have.
+    """
     own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     ref = module.state_dict()
     tensors = {
@@ -49,61 +59,55 @@ def load_module_state(module: nn.Module, state: State, prefix: str = "") -> None
         else torch.as_tensor(np.asarray(v))
         for k, v in own.items()
     }
-    module.load_state_dict(tensors, strict=True)
+    unknown = sorted(set(tensors) - set(ref))
+    if unknown:
+        raise ValueError(f"unexpected state entries {unknown[:3]}")
+    module.load_state_dict(tensors, strict=strict)
 
 
 # ------------------------------------------------------------------------ shared
-def shared_parts_state(lm: PeftModel, heads: Mapping[str, nn.Module]) -> State:
-    """``lora/`` from the shared adapter of ``lm`` and ``head/<name>/`` from each of ``heads``."""
+def shared_parts_state(lm: PeftModel, prompt: LowRankLinear | None) -> State:
+    """``lora/`` from the shared adapter of ``lm`` and ``prompt/`` from the prompt map."""
     state = prefixed(adapter_state(lm, SHARED), LORA)
-    for name, head in heads.items():
-        state.update(module_state(head, f"{HEAD}{name}/"))
+    if prompt is not None:
+        state.update(module_state(prompt, PROMPT, only=_PROMPT_KEYS))
     return state
 
 
-def shared_state(model: MultimodalLM, heads: bool) -> State:
-    """The shared adapter (``lora/``) and, if ``heads``, the held modalities' heads."""
-    own = {name: model.connector.heads[name] for name in model.held} if heads else {}
-    return shared_parts_state(model.lm, own)
+_PROMPT_KEYS = ("lora_A", "lora_B")
 
 
-def load_shared_state(model: MultimodalLM, state: State, heads: bool) -> None:
-    """Load ``lora/`` into the shared adapter and, if ``heads``, the held modalities' heads.
+def shared_state(model: MultimodalLM) -> State:
+    """The shared adapter of the backbone (``lora/``) and of the prompt map (``prompt/``)."""
+    return shared_parts_state(model.lm, model.connector.to_prompt)
 
-    Heads of modalities the model does not hold are ignored.
-    """
+
+def load_shared_state(model: MultimodalLM, state: State) -> None:
+    """Load the ``lora/`` and ``prompt/`` entries of ``state`` (those present) into ``model``."""
     lora = select(state, LORA)
     if lora:
         load_adapter_state(model.lm, SHARED, lora)
-    if heads:
-        for name in model.held:
-            own = select(state, f"{HEAD}{name}/")
-            if own:
-                load_module_state(model.connector.heads[name], own)
+    prompt = select(state, PROMPT)
+    if prompt:
+        load_module_state(model.connector.to_prompt, prompt, strict=False)
 
 
 def initial_global_state(settings: RunSettings, model: MultimodalLM) -> State:
-    """The round-1 global state: shared LoRA and (with MMA) one head per modality.
+    """The round-1 global state: the shared low-rank adapters.
 
     Taken from ``model`` (an edge model holding every modality, see
     ``common.model.factory.reference_edge_model``); empty for methods that share
     nothing.
     """
-    comps = settings.components
-    return shared_state(model, heads=comps.mma) if comps.federated else {}
+    return shared_state(model) if settings.components.federated else {}
 
 
 # ------------------------------------------------------------------------- local
 def local_state(model: MultimodalLM, keep_shared: bool) -> State:
-    """What stays on a device (``keep_shared``: the shared adapter too)."""
-    state = {
-        **module_state(model.encoders, ENC),
-        **module_state(model.connector, CONN),
-        **module_state(model.gate, GATE),
-        **prefixed(adapter_state(model.lm, PRIVATE), PRIV),
-    }
+    """What stays on a device (``keep_shared``: its copy of the shared adapters too)."""
+    state = {**module_state(model.encoders, ENC), **module_state(model.connector, CONN)}
     if keep_shared:
-        state.update(prefixed(adapter_state(model.lm, SHARED), OWN_SHARED))
+        state.update(prefixed(shared_state(model), OWN_SHARED))
     return state
 
 
@@ -111,16 +115,14 @@ def load_local_state(model: MultimodalLM, state: State) -> None:
     """Restore what :func:`local_state` returned."""
     load_module_state(model.encoders, state, ENC)
     load_module_state(model.connector, state, CONN)
-    load_module_state(model.gate, state, GATE)
-    load_adapter_state(model.lm, PRIVATE, select(state, PRIV))
     own = select(state, OWN_SHARED)
     if own:
-        load_adapter_state(model.lm, SHARED, own)
+        load_shared_state(model, own)
 
 
 # ------------------------------------------------------------------------- cloud
 def cloud_state(model: MultimodalLM) -> State:
-    """The cloud model's own state (its LoRA lives in the ``private`` slot)."""
+    """The cloud model's own state (its own LoRA lives in the ``private`` slot)."""
     return {
         **module_state(model.encoders, ENC),
         **module_state(model.connector, CONN),

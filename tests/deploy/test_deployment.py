@@ -31,7 +31,7 @@ RUN_NAME = "deploy-test"
 TINY = (
     "num-server-rounds=2 data.max-train-per-client=24 data.max-test-per-client=8 "
     "data.max-public-train=48 data.max-public-test=8 model.tiny.hidden=32 model.tiny.heads=2 "
-    "model.tiny.layers=1 model.tiny.pretrain-steps=5 train.batch-size=8 train.max-steps=2 "
+    "model.tiny.layers=1 model.tiny.pretrain-steps=5 train.batch-size=8 train.steps=2 "
     "train.max-new-tokens=3 server.steps=2 eval.bertscore=false strategy.min-nodes=3"
 )
 TERMINAL = ("finished:completed", "finished:failed", "finished:stopped")

@@ -12,7 +12,7 @@ def test_smollm2_edge_configuration_is_within_paper_budget():
     )
     out = report(settings, "smollm2-135m", public_share=58)
     assert 134_000_000 < out["edge_model_params"] < 135_000_000
-    assert out["bytes_lora_up"] > 0 and out["bytes_reps_up"] > 0 and out["bytes_heads_up"] > 0
+    assert out["bytes_lora_up"] > 0 and out["bytes_reps_up"] > 0 and out["bytes_prompt_up"] > 0
     # up + down per device per round, over the edge model's fp32 parameter bytes
     total = out["bytes_up_per_client_round"] + out["bytes_down_per_client_round"]
     assert out["ratio"] == total / (out["edge_model_params"] * 4)

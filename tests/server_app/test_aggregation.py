@@ -1,4 +1,4 @@
-"""MMA weights, per-modality heads and rejection of malformed contributions."""
+"""MMA weights, robust damping, consensus and rejection of malformed contributions."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import pytest
 
 from server_app.aggregation import (
     Contribution,
-    aggregate_heads,
-    aggregate_lora,
     aggregate_representations,
+    aggregate_shared,
     check_contribution,
     damp,
     mma_weights,
@@ -18,15 +17,15 @@ from server_app.aggregation import (
 MODS = ("acc", "gyro")
 REF = {
     "lora/x.lora_A.weight": np.zeros((2, 3), np.float32),
-    "head/acc/weight": np.zeros((2, 2), np.float32),
-    "head/gyro/weight": np.zeros((2, 2), np.float32),
+    "prompt/lora_A": np.zeros((2, 2), np.float32),
 }
 
 
 def contrib(node, value, n, mods, counts=None, **kw):
-    delta = {"lora/x.lora_A.weight": np.full((2, 3), value, np.float32)}
-    for m in mods:
-        delta[f"head/{m}/weight"] = np.full((2, 2), value, np.float32)
+    delta = {
+        "lora/x.lora_A.weight": np.full((2, 3), value, np.float32),
+        "prompt/lora_A": np.full((2, 2), value, np.float32),
+    }
     return Contribution(node, delta, n, tuple(mods), counts or {m: n for m in mods}, **kw)
 
 
@@ -42,20 +41,30 @@ def test_mma_weights_hand_computed():
 
 def test_fedavg_when_no_damping():
     cs = [contrib(1, 1.0, 10, MODS), contrib(2, 4.0, 30, MODS)]
-    delta, w = aggregate_lora(cs, mma_weights(cs, 2, 0.0), 0.0, 0.0)
+    delta, w = aggregate_shared(cs, mma_weights(cs, 2, 0.0), 0.0, 0.0)
     np.testing.assert_allclose(delta["lora/x.lora_A.weight"], 0.25 * 1 + 0.75 * 4)
+    np.testing.assert_allclose(delta["prompt/lora_A"], 0.25 * 1 + 0.75 * 4)
     np.testing.assert_allclose(w, [0.25, 0.75])
 
 
-def test_heads_averaged_only_over_holders_by_modality_counts():
-    cs = [
-        contrib(1, 1.0, 10, MODS, {"acc": 10, "gyro": 2}),
-        contrib(2, 4.0, 10, ("acc",), {"acc": 30}),
-        contrib(3, 9.0, 10, ("gyro",), {"gyro": 6}),
-    ]
-    heads = aggregate_heads(cs)
-    np.testing.assert_allclose(heads["head/acc/weight"], (10 * 1 + 30 * 4) / 40)
-    np.testing.assert_allclose(heads["head/gyro/weight"], (2 * 1 + 6 * 9) / 8)
+def test_damping_sees_every_shared_tensor_of_a_device():
+    # the prompt adapter alone disagrees: clipping and damping must see it
+    cs = [contrib(i, 1.0, 10, MODS) for i in range(4)]
+    cs[3].delta["prompt/lora_A"] = np.full((2, 2), -50.0, np.float32)
+    _, w = aggregate_shared(cs, mma_weights(cs, 2, 0.0), 2.0, 1.0)
+    assert w[3] < 0.3 * w[0]
+    np.testing.assert_allclose(w[:3], w[0])  # alike devices, alike weights
+
+
+def test_damping_does_not_depend_on_device_order():
+    rng = np.random.default_rng(0)
+    vecs = [rng.normal(size=8) for _ in range(5)]
+    weights = np.array([0.1, 0.3, 0.2, 0.25, 0.15])
+    scales, w = damp(vecs, weights, 2.0, 1.0)
+    order = [3, 0, 4, 1, 2]
+    scales2, w2 = damp([vecs[i] for i in order], weights[order], 2.0, 1.0)
+    np.testing.assert_allclose(w2, w[order])
+    np.testing.assert_allclose(scales2, scales[order])
 
 
 def test_clipping_against_median_and_disagreement_damping():
@@ -108,9 +117,10 @@ def test_valid_contribution_accepted():
         (lambda c: c.delta.pop("lora/x.lora_A.weight"), "missing"),
         (lambda c: c.delta.__setitem__("bias", np.zeros(2, np.float32)), "unexpected key"),
         (
-            lambda c: c.delta.__setitem__("head/video/weight", np.zeros((2, 2), np.float32)),
-            "does not hold",
+            lambda c: c.delta.__setitem__("head/acc/weight", np.zeros((2, 2), np.float32)),
+            "unexpected",
         ),
+        (lambda c: c.delta.pop("prompt/lora_A"), "missing"),
         (
             lambda c: c.delta.__setitem__("lora/x.lora_A.weight", np.zeros((2, 3000), np.float32)),
             "size",

@@ -23,10 +23,10 @@ from server_app.strategy import MlEcsStrategy
 
 MODS = ("acc", "gyro")
 LORA_KEY = "lora/layer.lora_A.weight"
+PROMPT_KEY = "prompt/lora_B"
 REF = {
     LORA_KEY: np.zeros((2, 3), np.float32),
-    "head/acc/weight": np.zeros((2, 2), np.float32),
-    "head/gyro/weight": np.zeros((2, 2), np.float32),
+    PROMPT_KEY: np.zeros((2, 2), np.float32),
 }
 PUBLIC = (100, 101, 102, 103)
 FUSED = 4
@@ -76,10 +76,11 @@ def instructions(st: MlEcsStrategy, nodes=(1, 2, 3)) -> dict[int, Message]:
     return {m.metadata.dst_node_id: m for m in msgs}
 
 
-def reply(msg: Message, lora: float, n: int, mods, heads=None, counts=None, reps=None) -> Message:
-    delta = {LORA_KEY: np.full((2, 3), lora, np.float32)}
-    for m, value in (heads or {}).items():
-        delta[f"head/{m}/weight"] = np.full((2, 2), value, np.float32)
+def reply(msg: Message, lora: float, n: int, mods, prompt=None, counts=None, reps=None) -> Message:
+    delta = {
+        LORA_KEY: np.full((2, 3), lora, np.float32),
+        PROMPT_KEY: np.full((2, 2), lora if prompt is None else prompt, np.float32),
+    }
     ids, z = reps if reps is not None else (np.zeros(0, np.int64), np.zeros((0, FUSED), np.float32))
     update = DeviceUpdate(
         delta=delta,
@@ -102,25 +103,23 @@ def test_fedit_is_fedavg_by_example_counts():
     replies.append(reply(msgs[3], 4.0, 30, MODS))
     # Execute
     arrays, metrics = st.aggregate_train(1, replies)
-    # Assert: (10*1 + 20*2 + 30*4) / 60; FedAvg shares no heads
+    # Assert: (10*1 + 20*2 + 30*4) / 60, for both shared adapters
     state = from_record(arrays)
     np.testing.assert_allclose(state[LORA_KEY], np.full((2, 3), 170 / 60), rtol=1e-6)
-    np.testing.assert_array_equal(state["head/acc/weight"], REF["head/acc/weight"])
+    np.testing.assert_allclose(state[PROMPT_KEY], np.full((2, 2), 170 / 60), rtol=1e-6)
     assert metrics["accepted"] == 3 and metrics["rejected"] == 0
     assert st.cloud.loaded[LORA_KEY][0, 0] == pytest.approx(170 / 60)
 
 
-def test_mma_weights_modalities_and_averages_heads_over_their_holders():
+def test_mma_weights_by_modality_coverage():
     # Prepare: node 1 holds both modalities (n=10), node 2 acc only (n=20),
     # node 3 gyro only (n=40); updates point the same way, no clipping applies
     st = strategy("mlecs")
     msgs = instructions(st)
     replies = [
-        reply(
-            msgs[1], 1.0, 10, MODS, heads={"acc": 1.0, "gyro": 3.0}, counts={"acc": 8, "gyro": 6}
-        ),
-        reply(msgs[2], 1.5, 20, ("acc",), heads={"acc": 2.0}, counts={"acc": 12}),
-        reply(msgs[3], 2.0, 40, ("gyro",), heads={"gyro": 5.0}, counts={"gyro": 10}),
+        reply(msgs[1], 1.0, 10, MODS, prompt=2.0),
+        reply(msgs[2], 1.5, 20, ("acc",), prompt=3.0),
+        reply(msgs[3], 2.0, 40, ("gyro",), prompt=4.0),
     ]
     # Execute
     arrays, _ = st.aggregate_train(1, replies)
@@ -128,9 +127,7 @@ def test_mma_weights_modalities_and_averages_heads_over_their_holders():
     # Assert: w = 10*(2/2), 20*(1/2), 40*(1/2) -> 1/4, 1/4, 1/2
     state = from_record(arrays)
     np.testing.assert_allclose(state[LORA_KEY], 0.25 * 1.0 + 0.25 * 1.5 + 0.5 * 2.0, rtol=1e-6)
-    # heads by per-modality counts over the devices holding the modality
-    np.testing.assert_allclose(state["head/acc/weight"], (8 * 1.0 + 12 * 2.0) / 20, rtol=1e-6)
-    np.testing.assert_allclose(state["head/gyro/weight"], (6 * 3.0 + 10 * 5.0) / 16, rtol=1e-6)
+    np.testing.assert_allclose(state[PROMPT_KEY], 0.25 * 2.0 + 0.25 * 3.0 + 0.5 * 4.0, rtol=1e-6)
     assert result.weights == {"1": 0.25, "2": 0.25, "3": 0.5}
     assert (
         result.server_round == 1 and result.accepted == 3 and result.cloud == {"server_loss": 0.5}

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from common.data.views import build_client_data
-from common.learning.loop import train_steps
+from common.learning.loop import Trainer
 from common.model.adapters import (
     PRIVATE,
     SHARED,
@@ -29,19 +29,10 @@ def test_local_step_changes_only_trained_parameters(tiny_config: dict):
     # Prepare
     s, data, model = _device(tiny_config)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    params = adapter_parameters(model.lm, SHARED) + list(model.connector.parameters())
+    params = adapter_parameters(model.lm, SHARED) + model.connector.private_parameters()
+    params += model.connector.shared_parameters()
     # Execute
-    train_steps(
-        model,
-        data.train,
-        params,
-        batch_size=8,
-        epochs=1,
-        max_steps=3,
-        lr=1e-2,
-        weight_decay=0.0,
-        rng=np.random.default_rng(0),
-    )
+    Trainer(model, params, lr=1e-2).run(data.train, params, 3, 8, np.random.default_rng(0))
     # Assert: the backbone and the private adapter are untouched
     trained = {id(p) for p in params}
     for n, p in model.named_parameters():
@@ -85,15 +76,37 @@ def test_adapter_state_rejects_foreign_keys(tiny_config: dict):
         raise AssertionError("foreign key accepted")
 
 
-def test_gate_mixes_adapters_and_is_noop_at_init(tiny_config: dict):
-    _, data, model = _device(tiny_config)
-    for p in adapter_parameters(model.lm, PRIVATE):
-        torch.nn.init.normal_(p, std=0.2)
-    batch = model.make_batch(data.test, np.arange(2))
+def test_edge_models_have_the_shared_adapter_and_the_cloud_its_own_too(tiny_config: dict):
+    from common.model.factory import cloud_model
+
+    s, data, edge = _device(tiny_config)
+    assert set(edge.lm.peft_config) == {SHARED}
+    cloud = cloud_model(s)
+    assert set(cloud.lm.peft_config) == {SHARED, PRIVATE}
+    batch = cloud.make_batch(data.test, np.arange(2))
     with torch.no_grad():
-        z = model.represent(batch)[1]
-        base = model.lm_loss(batch, z)
-        model.gate.theta[PRIVATE].fill_(-30.0)  # g_private -> 0
-        off = model.lm_loss(batch, z)
-    assert model.gate.values()[SHARED] == 1.0
-    assert not torch.allclose(base, off)
+        z = cloud.represent(batch)[1]
+        base = cloud.lm_loss(batch, z)
+        for p in adapter_parameters(cloud.lm, PRIVATE):
+            torch.nn.init.normal_(p, std=0.2)
+        moved = cloud.lm_loss(batch, z)
+    assert not torch.allclose(base, moved)  # both adapters are active in the cloud
+
+
+def test_prompt_map_starts_alike_on_every_model_of_a_run(tiny_config: dict):
+    _, _, a = _device(tiny_config, slot=0)
+    _, _, b = _device(tiny_config, slot=1)
+    for name in ("weight", "bias", "lora_A", "lora_B"):
+        assert torch.equal(
+            getattr(a.connector.to_prompt, name), getattr(b.connector.to_prompt, name)
+        )
+    assert torch.equal(a.connector.to_fused[1].weight, b.connector.to_fused[1].weight)
+    # only the low-rank update trains; it starts as no change (B = 0)
+    assert not a.connector.to_prompt.weight.requires_grad
+    assert {id(p) for p in a.connector.shared_parameters()} == {
+        id(a.connector.to_prompt.lora_A),
+        id(a.connector.to_prompt.lora_B),
+    }
+    other = RunSettings.from_run_config({**tiny_config, "seed": 1})
+    c = edge_model(other, build_client_data(other, 0, 4).modalities, 0)
+    assert not torch.equal(a.connector.to_prompt.weight, c.connector.to_prompt.weight)

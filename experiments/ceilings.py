@@ -1,0 +1,164 @@
+"""Ceilings beside the federated results: what pooling every device's data would give.
+
+* ``centralized``: the framework's own model (every modality, the first encoder
+  of each family, the same connector, backbone and adapters) trained on the pooled
+  data of all devices (their private train splits and public shares) for the
+  federation's whole device step budget (rounds x steps x devices), then scored
+  on each device's test split with the device's modalities, like a device is.
+* ``forest``: a random forest on per-channel window statistics (mean, std, min,
+  max of every present sensor modality), trained on the same pooled data, scored
+  the same way (sensor datasets only).
+
+Usage::
+
+    python -m experiments.ceilings --seeds 0,1,2,3,4 --num-nodes 10 \
+        --out outputs/ceilings [--config FILE] [--set key=value ...]
+
+Writes ``<out>/ceilings.json`` (per seed, per ceiling: client macro-F1 and
+ROUGE-Lsum as means over devices) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import write_text
+from common.data.samples import SampleSet
+from common.data.views import build_client_data, task_info
+from common.learning.evaluation import evaluate
+from common.learning.loop import Trainer
+from common.learning.metrics import macro_f1
+from common.model.adapters import SHARED, adapter_parameters
+from common.model.factory import cloud_model
+from common.settings import RunSettings, parse_overrides, read_toml_config
+
+
+def pooled(settings: RunSettings, num_nodes: int) -> tuple[SampleSet, list[SampleSet]]:
+    """Every device's train split and public share pooled (public ids once), and their tests."""
+    devices = [build_client_data(settings, p, num_nodes) for p in range(num_nodes)]
+    parts, seen = [], set()
+    for d in devices:
+        parts.append(d.train.subset(np.arange(len(d.train))))
+        fresh = [i for i, sid in enumerate(d.public.ids) if int(sid) not in seen]
+        seen.update(int(d.public.ids[i]) for i in fresh)
+        parts.append(d.public.subset(np.array(fresh, np.int64)))
+    return _concat(parts), [d.test for d in devices]
+
+
+def _concat(parts: list[SampleSet]) -> SampleSet:
+    return SampleSet(
+        specs=parts[0].specs,
+        inputs={k: np.concatenate([p.inputs[k] for p in parts]) for k in parts[0].inputs},
+        mask=np.concatenate([p.mask for p in parts]),
+        targets=[t for p in parts for t in p.targets],
+        labels=np.concatenate([p.labels for p in parts]),
+        ids=np.arange(sum(len(p) for p in parts), dtype=np.int64),
+    )
+
+
+def centralized(settings: RunSettings, num_nodes: int) -> dict[str, float]:
+    """Train the framework's model on pooled data; mean scores over the devices' tests."""
+    train, tests = pooled(settings, num_nodes)
+    task = task_info(settings)
+    model = cloud_model(settings, task)
+    params = [
+        *model.encoders.parameters(),
+        *model.connector.private_parameters(),
+        *model.connector.shared_parameters(),
+        *adapter_parameters(model.lm, SHARED),
+    ]
+    t = settings.train
+    steps = settings.num_server_rounds * t.steps * num_nodes
+    trainer = Trainer(model, params, lr=t.lr, weight_decay=t.weight_decay)
+    trainer.run(train, params, steps, t.batch_size, np.random.default_rng([settings.seed, 77]))
+    scores = [
+        evaluate(model, test, task, settings.eval, t.eval_batch_size, t.max_new_tokens)
+        for test in tests
+    ]
+    return {k: float(np.mean([s[k] for s in scores])) for k in ("f1", "rouge_lsum")}
+
+
+def window_features(data: SampleSet) -> np.ndarray:
+    """Per-channel mean, std, min, max of every sensor modality (zeros where absent)."""
+    feats = []
+    for col, spec in enumerate(data.specs):
+        if spec.kind != "sensor":
+            continue
+        x = np.asarray(data.inputs[spec.name], np.float32)  # (N, T, C)
+        present = data.mask[:, col].astype(np.float32)[:, None]
+        stats = np.concatenate([x.mean(1), x.std(1), x.min(1), x.max(1)], axis=1)
+        feats.extend([stats * present, present])
+    if not feats:
+        raise ValueError("the forest ceiling needs a sensor dataset")
+    return np.concatenate(feats, axis=1)
+
+
+def forest(settings: RunSettings, num_nodes: int) -> dict[str, float]:
+    """A random forest on window statistics; mean macro-F1 over the devices' tests."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    train, tests = pooled(settings, num_nodes)
+    names = task_info(settings).class_names
+    clf = RandomForestClassifier(n_estimators=300, random_state=settings.seed, n_jobs=1)
+    clf.fit(window_features(train), train.labels)
+    f1s = []
+    for test in tests:
+        pred = clf.predict(window_features(test))
+        f1s.append(macro_f1([names[p] for p in pred], test.labels, names))
+    return {"f1": float(np.mean(f1s))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run both ceilings for every seed; write ``ceilings.json`` and print a table."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--num-nodes", type=int, default=10)
+    p.add_argument("--out", default="outputs/ceilings")
+    p.add_argument("--config", help="a TOML override file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--skip-centralized", action="store_true", help="only the forest")
+    args = p.parse_args(argv)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    base = read_toml_config(args.config) if args.config else {}
+    base.update(parse_overrides(args.set))
+    out: dict[str, dict] = {}
+    for seed in (int(s) for s in args.seeds.split(",") if s):
+        settings = RunSettings.from_run_config({**base, "seed": seed})
+        start = time.time()
+        row = {}
+        if settings.dataset != "easyvqa":
+            row["forest"] = forest(settings, args.num_nodes)
+        if not args.skip_centralized:
+            row["centralized"] = centralized(settings, args.num_nodes)
+        row["seconds"] = round(time.time() - start, 1)
+        out[str(seed)] = row
+        print(f"seed {seed}: {row}", flush=True)
+    path = Path(args.out)
+    write_text(path / "ceilings.json", json.dumps(out, indent=2))
+    print(table(out))
+
+
+def table(out: dict[str, dict]) -> str:
+    """Markdown: each ceiling's client macro-F1 (and ROUGE-Lsum), mean ± std over seeds."""
+    lines = ["| ceiling | seeds | client_f1 | client_rouge_lsum |", "|---|---|---|---|"]
+    for name in ("centralized", "forest"):
+        rows = [r[name] for r in out.values() if name in r]
+        if not rows:
+            continue
+        cells = []
+        for key in ("f1", "rouge_lsum"):
+            vals = [r[key] for r in rows if key in r]
+            sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            cells.append(f"{np.mean(vals):.3f} ± {sd:.3f}" if vals else "n/a")
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

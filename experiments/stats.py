@@ -1,0 +1,199 @@
+"""Comparisons a reviewer accepts: mean ± std per method and paired per-seed differences.
+
+Every number comes from run summaries (``summary.json``); ``tail`` values (each
+metric's mean over the last ``eval.tail-rounds`` rounds) are compared, so a
+method is judged at convergence and not on one noisy round.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+METRICS = (
+    "client_f1",
+    "client_rouge_lsum",
+    "client_bertscore_f1",
+    "server_f1",
+    "server_rouge_lsum",
+    "server_bertscore_f1",
+)
+
+# Two-sided 95% Student t quantiles by degrees of freedom (1..30); normal beyond.
+_T95 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t95(df: int) -> float:
+    """Two-sided 95% quantile of Student's t with ``df`` degrees of freedom."""
+    if df < 1:
+        return math.nan
+    return _T95[df - 1] if df <= len(_T95) else 1.96
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    """``a - b`` over the seeds both methods ran, with a 95% t interval."""
+
+    a: str
+    b: str
+    metric: str
+    n: int
+    mean: float
+    low: float
+    high: float
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes 0."""
+        return self.n > 1 and (self.low > 0 or self.high < 0)
+
+
+def value(summary: dict, metric: str, block: str = "tail") -> float | None:
+    """``summary[block][metric]`` (``block`` "tail" or "final"), or None."""
+    v = (summary.get(block) or {}).get(metric)
+    return None if v is None else float(v)
+
+
+def by_seed(runs: list[dict], metric: str, block: str = "tail") -> dict[int, float]:
+    """Seed -> metric value of each run that has it."""
+    out = {}
+    for r in runs:
+        v = value(r, metric, block)
+        if v is not None:
+            out[int(r["seed"])] = v
+    return out
+
+
+def paired(a: str, b: str, ra: list[dict], rb: list[dict], metric: str) -> PairedDiff | None:
+    """Paired difference of ``metric`` (tail) between methods ``a`` and ``b`` per seed."""
+    va, vb = by_seed(ra, metric), by_seed(rb, metric)
+    seeds = sorted(set(va) & set(vb))
+    if not seeds:
+        return None
+    d = np.array([va[s] - vb[s] for s in seeds])
+    mean = float(d.mean())
+    if len(d) < 2:
+        return PairedDiff(a, b, metric, 1, mean, math.nan, math.nan)
+    half = t95(len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
+    return PairedDiff(a, b, metric, len(d), mean, mean - half, mean + half)
+
+
+def all_pairs(results: dict[str, list[dict]], metric: str) -> list[PairedDiff]:
+    """Paired differences of every method against every other one (each pair once)."""
+    methods = list(results)
+    out = []
+    for i, a in enumerate(methods):
+        for b in methods[i + 1 :]:
+            diff = paired(a, b, results[a], results[b], metric)
+            if diff is not None:
+                out.append(diff)
+    return out
+
+
+def _fmt_stat(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.3f} ± {std:.3f}"
+
+
+def summary_table(results: dict[str, list[dict]], block: str = "tail") -> str:
+    """Markdown: mean ± sample std over seeds of each metric, per method."""
+    present = [
+        m
+        for m in METRICS
+        if any(value(r, m, block) is not None for rs in results.values() for r in rs)
+    ]
+    lines = [
+        "| method | seeds | " + " | ".join(present) + " |",
+        "|" + "---|" * (len(present) + 2),
+    ]
+    for method, runs in results.items():
+        cells = [_fmt_stat(list(by_seed(runs, k, block).values())) for k in present]
+        lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def diff_table(results: dict[str, list[dict]], metrics: tuple[str, ...]) -> str:
+    """Markdown: paired differences (tail), mean and 95% interval, for every pair."""
+    lines = [
+        "| a - b | seeds | " + " | ".join(metrics) + " |",
+        "|" + "---|" * (len(metrics) + 2),
+    ]
+    methods = list(results)
+    for i, a in enumerate(methods):
+        for b in methods[i + 1 :]:
+            cells, n = [], 0
+            for metric in metrics:
+                d = paired(a, b, results[a], results[b], metric)
+                if d is None:
+                    cells.append("n/a")
+                    continue
+                n = max(n, d.n)
+                mark = " *" if d.significant else ""
+                interval = "" if math.isnan(d.low) else f" [{d.low:+.3f}, {d.high:+.3f}]"
+                cells.append(f"{d.mean:+.3f}{interval}{mark}")
+            lines.append(f"| {a} - {b} | {n} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("`*`: the 95% interval of the paired difference excludes 0.")
+    return "\n".join(lines)
+
+
+def plot_diffs(results: dict[str, list[dict]], metric: str, reference: str, path: Path) -> None:
+    """Paired difference of ``metric`` of every method against ``reference``, with 95% CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    others = [m for m in results if m != reference]
+    diffs = [paired(reference, m, results[reference], results[m], metric) for m in others]
+    keep = [(m, d) for m, d in zip(others, diffs) if d is not None]
+    if not keep:
+        return
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(keep) + 1.4))
+    for y, (_, d) in enumerate(keep):
+        err = 0 if math.isnan(d.low) else [[d.mean - d.low], [d.high - d.mean]]
+        ax.errorbar(d.mean, y, xerr=err, fmt="o", capsize=4, color="C0" if d.significant else "C7")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(keep)), [f"{reference} - {m}" for m, _ in keep])
+    ax.set_xlabel(f"paired difference of {metric} (tail), 95% interval")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(histories: dict[str, list[list[dict]]], metric: str, path: Path) -> None:
+    """``metric`` per round, mean over seeds per method (shaded: ± std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, (method, runs) in enumerate(histories.items()):
+        rounds = sorted({r["round"] for h in runs for r in h})
+        mean, std = [], []
+        for rnd in rounds:
+            vals = [r.get(metric) for h in runs for r in h if r["round"] == rnd]
+            vals = [v for v in vals if v is not None]
+            mean.append(np.mean(vals) if vals else np.nan)
+            std.append(np.std(vals) if vals else np.nan)
+        mean, std = np.array(mean), np.array(std)
+        ax.plot(rounds, mean, label=method, color=f"C{i}")
+        ax.fill_between(rounds, mean - std, mean + std, alpha=0.15, color=f"C{i}")
+    ax.set_xlabel("round")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
