@@ -2,25 +2,54 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client_app.device import Device, DeviceIdentity
 from client_app.local_state import load_local_state, save_local_state
 from common.exchange import GlobalPayload
+from common.reproducibility import pin
 from common.settings import RunSettings
 from proto.messages import evaluate_reply, read_instruction, train_reply
 
 app = ClientApp()
 
+# Devices built in this process, reused for their next message (simulation runs many
+# messages per process; a deployment ClientApp process serves one message).
+_DEVICES: OrderedDict[tuple, Device] = OrderedDict()
+_MAX_DEVICES = 128
+
 
 def _open_device(msg: Message, context: Context) -> tuple[Device, GlobalPayload]:
     settings = RunSettings.from_run_config(context.run_config)
+    pin(settings)
     # Validate everything received against its manifest before touching the model.
     payload = read_instruction(msg.content)
-    device = Device(settings, identity_from_node_config(context.node_config))
-    device.restore(load_local_state(context), payload)
+    ident = identity_from_node_config(context.node_config)
+    local = load_local_state(context, settings, ident.partition_id, payload.server_round)
+    device = _device(settings, ident, reuse=local is not None)
+    device.restore(local, payload)
     return device, payload
+
+
+def _device(settings: RunSettings, ident: DeviceIdentity, reuse: bool) -> Device:
+    """The device for ``ident``, built once per process and reset from its state afterwards.
+
+    A device is reused only when it has saved state to restore, which overwrites
+    everything that trains (encoders, connector, adapters, optimiser); its first
+    message always builds it afresh.
+    """
+    key = (settings, ident)
+    device = _DEVICES.get(key) if reuse else None
+    if device is None:
+        device = Device(settings, ident)
+        _DEVICES[key] = device
+        if len(_DEVICES) > _MAX_DEVICES:
+            _DEVICES.popitem(last=False)
+    _DEVICES.move_to_end(key)
+    return device
 
 
 @app.train()
@@ -30,7 +59,7 @@ def train(msg: Message, context: Context) -> Message:
     device, payload = _open_device(msg, context)
     # Train, keep the private state, score the personal model, reply with the update
     update = device.train(payload, payload.server_round)
-    save_local_state(context, device.local_state())
+    save_local_state(context, device.settings, device.ident.partition_id, device.local_state())
     update.evaluation = device.evaluate()
     return Message(train_reply(update, device.settings.transport.dtype), reply_to=msg)
 

@@ -22,11 +22,18 @@ from common.data.views import build_client_data, task_info
 from common.exchange import DeviceUpdate, GlobalPayload
 from common.learning.evaluation import evaluate, fused_representations
 from common.learning.loop import StageReport, Trainer
-from common.learning.losses import ExtraLoss, anchor_term, ccl_term
+from common.learning.losses import ExtraLoss, anchor_term, ccl_term, proximal_term
 from common.model.adapters import SHARED, adapter_parameters
 from common.model.factory import edge_model
 from common.model.multimodal import MultimodalLM
-from common.model.state import load_local_state, load_shared_state, local_state, shared_state
+from common.model.pretrained_encoders import trainable_parameters
+from common.model.state import (
+    load_local_state,
+    load_shared_state,
+    local_state,
+    shareable,
+    shared_state,
+)
 from common.settings import RunSettings
 from common.state import State, subtract
 
@@ -61,7 +68,8 @@ class Device:
             settings, self.data.modalities, ident.partition_id, self.task
         )
         m, t = self.model, settings.train
-        self.encoder_side = [*m.encoders.parameters(), *m.connector.private_parameters()]
+        # Frozen pretrained encoder weights are never trained (nor kept in any state).
+        self.encoder_side = [*trainable_parameters(m.encoders), *m.connector.private_parameters()]
         self.shared_params = [
             *m.connector.shared_parameters(),
             *adapter_parameters(m.lm, SHARED),
@@ -80,13 +88,13 @@ class Device:
             load_shared_state(self.model, payload.state)
 
     def shared_state(self) -> State:
-        """The state this device shares: the shared low-rank adapters."""
-        return shared_state(self.model)
+        """The state this device shares: the shared low-rank adapters (FedSA: their A)."""
+        return shareable(shared_state(self.model), self.settings.components.share_b)
 
     def local_state(self) -> State:
         """Everything that stays on the device: its parts, personal adapters, optimiser."""
         comps = self.settings.components
-        keep = comps.amt or not comps.federated
+        keep = comps.amt or not comps.federated or not comps.share_b
         return {**local_state(self.model, keep_shared=keep), **self.trainer.state()}
 
     # ---------------------------------------------------------------- training
@@ -98,10 +106,13 @@ class Device:
         terms: dict[str, ExtraLoss] = {}
         if comps.ccl:
             terms["ccl"] = ccl_term(s.ccl)
-        if comps.seccl:
+        if comps.seccl or comps.rep_exchange:
+            # SE-CCL: the cloud's z^s as anchors; CreamFL: the devices' consensus.
             term = anchor_term(payload.anchor_ids, payload.anchors, s.seccl.weight, s.ccl)
             if term is not None:
-                terms["seccl"] = term
+                terms["seccl" if comps.seccl else "creamfl"] = term
+        if comps.prox:
+            terms["prox"] = proximal_term(self.shared_params, s.fedprox.mu)
         steps = s.train.steps
         shared_steps = steps
         if comps.amt:
@@ -111,7 +122,7 @@ class Device:
         # What is uploaded is the state after the shared stage: the adapters' delta
         # and the fused representations of the device's public share.
         uploaded = self.shared_state()
-        if comps.seccl:
+        if s.exchange_representations:
             rep_ids, reps = fused_representations(m, self.data.public)
         else:
             rep_ids, reps = np.zeros(0, np.int64), np.zeros((0, s.model.fused_dim), np.float32)
@@ -128,6 +139,7 @@ class Device:
             modality_counts=_held_counts(self.held, self.data.modalities),
             metrics=metrics,
             partition_id=self.ident.partition_id,
+            round_token=payload.round_token,
         )
 
     def _stage(

@@ -7,12 +7,12 @@ From a saved ``z`` (``(F,)`` or ``(N, F)`` ``.npy``)::
 Or computed here from the device's own data, which never leaves it::
 
     python -m client_app.inference_client --target host:50061 --from-device 0 \
-        --config outputs/<run>/config.json --device-state <state-dir>/<run-name>/device-state.npz
+        --config outputs/<run>/config.json --device-state <state-dir>/<run-name>/partition-0.npz
 
 Only the fused representation crosses the network. A device's ``z`` means
 something to the cloud model only after SE-CCL has aligned the two fused spaces
 (methods ``mlecs``, ``no-amt``, ``no-ccl``, ``no-mma``), and only with the
-device's trained encoders and connector (its ``device-state.npz``, written when
+device's trained encoders and connector (its ``partition-<id>.npz`` state file, written when
 the SuperNode's node config names a ``state-dir``); otherwise the text is noise.
 """
 
@@ -117,7 +117,8 @@ def device_representations(
     modalities : tuple of str, optional
         The device's modality set, as in its node config.
     state_file : Path, optional
-        The device's ``device-state.npz``; without it the model is untrained.
+        The device's state file (``<state-dir>/<run-name>/partition-<id>.npz``);
+        without it the model is untrained.
     samples : int
         How many test samples to represent.
 
@@ -175,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, help="run config JSON (a run dir's config.json)")
     p.add_argument("--num-partitions", type=int, default=2)
     p.add_argument("--modalities", help="the device's modality set, e.g. acc,gyro")
-    p.add_argument("--device-state", type=Path, help="the device's device-state.npz")
+    p.add_argument(
+        "--device-state",
+        type=Path,
+        help="the device's state file, <state-dir>/<run-name>/partition-<id>.npz",
+    )
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--cache-dir", help="override the run's cache-dir")
     p.add_argument("--prompt", default="", help="text after the soft tokens (default: task)")

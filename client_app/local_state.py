@@ -1,47 +1,77 @@
-"""Where a device keeps its private state between messages.
+"""Where a device keeps its private state between messages, and across a resumed run.
 
 ``context.state`` persists across messages of a run on one node, also in
-deployment, where each message runs in a fresh process. When the node config
-names a ``state-dir``, the state is also written there, so it survives a
-SuperNode restart or a resumed run; it is read from there when ``context.state`` is
-empty.
+deployment, where each message runs in a fresh process. The state is also written
+to a file keyed by run name and partition, so that it survives a SuperNode
+restart or a resumed run (which gets a new run id and, in simulation, new node
+ids): under the node config's ``state-dir`` when it names one, else, for a run
+with a ``run-name``, under the cache directory. The file is read only when
+``context.state`` is empty and the round is not the first (a run that starts
+afresh never inherits an earlier run's state).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from flwr.app import Context
 
+from common.cache import cache_root
 from common.model.state import load_state, save_state
+from common.settings import RunSettings
 from common.state import State
 from proto.records import from_record, to_record
 
 KEY = "mlecs-device"
 
 
-def _state_file(context: Context) -> Path | None:
+class DeviceStateError(RuntimeError):
+    """A saved device state that cannot be read."""
+
+
+def state_file(context: Context, settings: RunSettings, partition_id: int) -> Path | None:
+    """The device's state file, or None when the run keeps no file."""
     state_dir = context.node_config.get("state-dir")
+    name = settings.run_name or f"run-{context.run_id}"
     if not state_dir:
-        return None
-    # Keyed by run name when there is one, so a resumed run (new run id) finds it.
-    name = context.run_config.get("run-name") or f"run-{context.run_id}"
-    return Path(str(state_dir)).expanduser() / str(name) / "device-state.npz"
+        if not settings.run_name:
+            return None
+        # Runs of the same name in other output folders must not share a file.
+        out = str(Path(settings.output_dir).expanduser().resolve())
+        name = f"{name}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
+        state_dir = cache_root(settings) / "device-state"
+    return Path(str(state_dir)).expanduser() / name / f"partition-{partition_id}.npz"
 
 
-def load_local_state(context: Context) -> State | None:
-    """The device's saved state, or None on its first round."""
+def load_local_state(
+    context: Context, settings: RunSettings, partition_id: int, server_round: int
+) -> State | None:
+    """The device's saved state, or None on its first round.
+
+    Raises
+    ------
+    DeviceStateError
+        When the state file exists but cannot be read (the message names it).
+    """
     if KEY in context.state.array_records:
         return from_record(context.state.array_records[KEY])
-    path = _state_file(context)
-    if path is not None and path.exists():
+    path = state_file(context, settings, partition_id)
+    if server_round <= 1 or path is None or not path.exists():
+        return None
+    try:
         return load_state(path)
-    return None
+    except Exception as err:  # a truncated or foreign file: say which, never half-load it
+        raise DeviceStateError(
+            f"device state {path} is unreadable ({err!r}); delete it to start this device afresh"
+        ) from None
 
 
-def save_local_state(context: Context, state: State) -> None:
-    """Keep ``state`` in ``context.state`` (and in ``state-dir`` when given)."""
+def save_local_state(
+    context: Context, settings: RunSettings, partition_id: int, state: State
+) -> None:
+    """Keep ``state`` in ``context.state`` and in the device's state file (if any)."""
     context.state[KEY] = to_record(state)
-    path = _state_file(context)
+    path = state_file(context, settings, partition_id)
     if path is not None:
         save_state(path, state)

@@ -35,12 +35,15 @@ class GlobalPayload:
         ``(N, fused_dim)`` the server's fused representations ``z^s``.
     server_round : int
         The round this payload belongs to (0 when unknown).
+    round_token : str
+        The server's token for this round; the device echoes it in its update.
     """
 
     state: State = field(default_factory=dict)
     anchor_ids: np.ndarray = field(default_factory=_no_ids)
     anchors: np.ndarray = field(default_factory=_no_rows)
     server_round: int = 0
+    round_token: str = ""
 
 
 @dataclass
@@ -65,6 +68,8 @@ class DeviceUpdate:
         The device's partition (-1 when unknown).
     evaluation : dict of str to float
         The device's scores of its personal model after this round's training.
+    round_token : str
+        The token of the round the update answers (from the instruction).
     """
 
     delta: State
@@ -76,3 +81,4 @@ class DeviceUpdate:
     metrics: dict[str, float]
     partition_id: int = -1
     evaluation: dict[str, float] = field(default_factory=dict)
+    round_token: str = ""

@@ -19,11 +19,13 @@ from pydantic import (
     model_validator,
 )
 
-METHODS = ("mlecs", "fedit", "standalone", "no-ccl", "no-amt", "no-mma", "no-seccl")
+from common.methods import METHODS, Components
+from common.run_config import ConfigError
+
 DATASETS = ("hapt", "easyvqa", "jsonl")
 SENSOR_ENCODERS = ("mlp", "cnn1d", "gru")
-IMAGE_ENCODERS = ("cnn", "mlp")
-TEXT_ENCODERS = ("bow", "gru")
+IMAGE_ENCODERS = ("cnn", "mlp", "effnet-lite0")
+TEXT_ENCODERS = ("bow", "gru", "minilm", "minilm-lora")
 VECTOR_ENCODERS = ("mlp",)
 FUSIONS = ("mean", "attention", "gated")
 
@@ -117,7 +119,7 @@ class ModelSettings(_Section):
     embed_dim: int = Field(64, ge=4)
     fused_dim: int = Field(256, ge=4)
     soft_tokens: int = Field(4, ge=1, le=64)
-    backbone: str = "tiny"  # "tiny" or a local Hugging Face model directory
+    backbone: str = "tiny"  # "tiny", "smollm2-135m", "gemma3-270m" or a local HF directory
     tiny: TinyBackboneSettings = TinyBackboneSettings()
 
     _csv_fields = field_validator(
@@ -163,6 +165,7 @@ class TrainSettings(_Section):
     weight_decay: float = Field(0.0, ge=0)
     max_new_tokens: int = Field(6, ge=1)
     eval_batch_size: int = Field(64, ge=1)
+    autocast: bool = True  # bf16 autocast on CUDA, training and generation
 
 
 class AmtSettings(_Section):
@@ -191,10 +194,16 @@ class EvalSettings(_Section):
     tail_rounds: int = Field(5, ge=1)  # summary "tail": mean of the last rounds
 
 
+class LogSettings(_Section):
+    """Where progress goes besides the round line and rounds.jsonl."""
+
+    tensorboard: bool = False  # event files in <run dir>/tensorboard
+
+
 class ServerSettings(_Section):
     """The cloud model trained by the ServerApp on the public data."""
 
-    backbone: str = "edge"  # "edge" (same as the devices), "tiny" or a local path
+    backbone: str = "edge"  # "edge" (same as the devices), or as model.backbone
     steps: int = Field(12, ge=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
@@ -224,10 +233,24 @@ class MmaSettings(_Section):
     max_update_bytes: int = Field(64 * 2**20, ge=1)
 
 
+class FedproxSettings(_Section):
+    """FedProx: the proximal term's weight."""
+
+    mu: float = Field(0.01, ge=0)  # loss + mu / 2 * ||w - w_global||^2 over the shared adapters
+
+
+class DpSettings(_Section):
+    """Central differential privacy of the shared update (fixed clipping, Gaussian noise)."""
+
+    noise_multiplier: float = Field(0.0, ge=0)  # 0 = off
+    clipping_norm: float = Field(1.0, gt=0)  # bound of each device's shared delta (L2)
+    delta: float = Field(1e-5, gt=0, lt=1)  # the delta epsilon is reported at
+
+
 class TransportSettings(_Section):
     """How tensors travel: fp16 halves the bytes (the server aggregates in fp64)."""
 
-    dtype: Literal["float32", "float16"] = "float32"
+    dtype: Literal["float32", "float16", "int8"] = "float32"
 
 
 class RunSettings(_Section):
@@ -242,6 +265,7 @@ class RunSettings(_Section):
     resume: bool = False  # continue <output-dir>/<run-name>/ from its checkpoint
     cache_dir: str = ""  # empty = $MLECS_CACHE_DIR or ~/.cache/mlecs-flower
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0)  # torch intra-op threads per process; 0 = torch's default
     data: DataSettings = DataSettings()
     modality: ModalitySettings = ModalitySettings()
     model: ModelSettings = ModelSettings()
@@ -250,11 +274,14 @@ class RunSettings(_Section):
     amt: AmtSettings = AmtSettings()
     strategy: StrategySettings = StrategySettings()
     eval: EvalSettings = EvalSettings()
+    log: LogSettings = LogSettings()
     server: ServerSettings = ServerSettings()
     ccl: CclSettings = CclSettings()
     seccl: SecclSettings = SecclSettings()
     mma: MmaSettings = MmaSettings()
     transport: TransportSettings = TransportSettings()
+    dp: DpSettings = DpSettings()
+    fedprox: FedproxSettings = FedproxSettings()
 
     @model_validator(mode="after")
     def _resume_needs_name(self) -> RunSettings:
@@ -266,6 +293,11 @@ class RunSettings(_Section):
     def components(self) -> Components:
         """Which ML-ECS components and exchanges the method switches on."""
         return Components.for_method(self.method)
+
+    @property
+    def exchange_representations(self) -> bool:
+        """Whether devices send fused representations of their public share."""
+        return self.components.seccl or self.components.rep_exchange
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
@@ -291,33 +323,6 @@ class RunSettings(_Section):
             raise ConfigError(_describe(err)) from None
 
 
-class Components(BaseModel):
-    """Switches derived from ``method`` (one place decides what each method does)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    federated: bool  # shared LoRA is uploaded and aggregated
-    ccl: bool
-    amt: bool
-    mma: bool
-    seccl: bool
-
-    @classmethod
-    def for_method(cls, method: str) -> Components:
-        if method == "standalone":
-            return cls(federated=False, ccl=False, amt=False, mma=False, seccl=False)
-        if method == "fedit":
-            return cls(federated=True, ccl=False, amt=False, mma=False, seccl=False)
-        full = {"ccl": True, "amt": True, "mma": True, "seccl": True}
-        if method.startswith("no-"):
-            full[method[3:]] = False
-        return cls(federated=True, **full)
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot be run."""
-
-
 def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -327,54 +332,6 @@ def _describe(err: ValidationError) -> str:
         else:
             lines.append(f"config key '{key}' = {e.get('input')!r}: {e['msg']}".rstrip())
     return "invalid run config: " + "; ".join(lines)
-
-
-def flat_toml(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested TOML tables into Flower's dotted run-config keys."""
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(flat_toml(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def read_toml_config(path: str) -> dict[str, Any]:
-    """A TOML override file (as ``flwr run --run-config file.toml`` takes) as a flat dict."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    with open(path, "rb") as f:
-        return flat_toml(tomllib.load(f))
-
-
-def parse_value(text: str) -> object:
-    """A command-line override value: int, float, ``true``/``false``, else the string."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, object]:
-    """``["key=value", ...]`` as a flat run config.
-
-    Raises
-    ------
-    ConfigError
-        For an entry without ``=``.
-    """
-    out: dict[str, object] = {}
-    for kv in pairs:
-        if "=" not in kv:
-            raise ConfigError(f"override '{kv}' is not key=value")
-        key, value = kv.split("=", 1)
-        out[key.strip()] = parse_value(value.strip())
-    return out
 
 
 def flatten(settings: BaseModel, prefix: str = "") -> dict[str, Any]:

@@ -5,8 +5,8 @@
 #
 # Options (environment variable in brackets):
 #   --certs DIR       ca.crt, server.pem, server.key from gen_certs.sh  [MLECS_CERTS_DIR, ./certs]
-#   --host HOST       address to listen on                               [MLECS_SUPERLINK_HOST, 0.0.0.0]
-#   --port PORT       the one HTTPS port for Fleet, Control, Runtime APIs [MLECS_SUPERLINK_PORT, 8000]
+#   --host HOST       address to listen on                               [MLECS_SUPERLINK_HOST, 127.0.0.1]
+#   --port PORT       the one HTTPS port for Fleet, Control, Runtime APIs [MLECS_SUPERLINK_PORT, 9093]
 #   --database FILE   SuperLink state (registered SuperNodes, runs) so it survives
 #                     restarts  [MLECS_SUPERLINK_DB, ${FLWR_HOME:-~/.flwr}/superlink/state.db]
 #   --pid-file FILE   write the SuperLink's PID here                     [MLECS_PID_FILE]
@@ -14,6 +14,11 @@
 #                     healthy, then return                               [MLECS_DAEMON=1]
 #   --log-file FILE   output file with --daemon                          [MLECS_LOG_FILE]
 #   --wait SECONDS    how long --daemon waits for /health                [MLECS_WAIT_SECONDS, 60]
+#
+# This port serves the Control API too (flwr run/ls/stop, key registration), which
+# has no account login in open-source Flower: keep it on 127.0.0.1 (the operator's
+# port) and let edge boxes in through deploy/start_fleet_proxy.sh, which forwards
+# only the Fleet API. Another --host prints a warning.
 #
 # Runtime dependency installation is disabled: this host needs the project's
 # Python env (the ServerApp runs here). Results go to <output-dir>/<run-name>/
@@ -28,8 +33,8 @@ usage() {
 }
 
 CERTS=${MLECS_CERTS_DIR:-certs}
-HOST=${MLECS_SUPERLINK_HOST:-0.0.0.0}
-PORT=${MLECS_SUPERLINK_PORT:-8000}
+HOST=${MLECS_SUPERLINK_HOST:-127.0.0.1}
+PORT=${MLECS_SUPERLINK_PORT:-9093}
 DB=${MLECS_SUPERLINK_DB:-${FLWR_HOME:-$HOME/.flwr}/superlink/state.db}
 PID_FILE=${MLECS_PID_FILE:-}
 DAEMON=${MLECS_DAEMON:-0}
@@ -61,6 +66,11 @@ CERTS=$(cd "$CERTS" && pwd)
 mkdir -p "$(dirname "$DB")"
 DB=$(abspath "$DB")
 
+case $HOST in
+    127.* | localhost | ::1) ;;
+    *) say "WARNING: the Control API (flwr run/ls, key registration) is reachable on $HOST:$PORT;" \
+        "bind 127.0.0.1 and expose deploy/start_fleet_proxy.sh to edge boxes instead" ;;
+esac
 say "SuperLink on https://$HOST:$PORT (TLS, SuperNode auth on, runtime installs off), state $DB"
 launch "$PID_FILE" "$LOG_FILE" "$DAEMON" \
     flower-superlink \

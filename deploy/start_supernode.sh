@@ -21,7 +21,13 @@
 #   --log-file FILE         output file with --daemon                    [MLECS_LOG_FILE]
 #
 # Without --key the key keys/supernode-<partition-id> next to the CA file is used.
-# The SuperNode exits with code 305 when its key is not registered.
+# --superlink is the Fleet proxy (deploy/start_fleet_proxy.sh, port 8000), not the
+# SuperLink's own loopback port. The SuperNode exits with code 305 ("could not
+# establish a connection") when its key is not registered, and also when it is
+# restarted within about a minute of dying without a clean stop (the SuperLink
+# still counts the old one online); restart it again after that (systemd does).
+# Flower's --trusted-entities (run only signed apps) cannot be used with apps
+# submitted by `flwr run .` in Flower 1.42: see deploy/README.md.
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/lib.sh"

@@ -36,7 +36,9 @@ from common.learning.loop import Trainer
 from common.learning.metrics import macro_f1
 from common.model.adapters import SHARED, adapter_parameters
 from common.model.factory import cloud_model
-from common.settings import RunSettings, parse_overrides, read_toml_config
+from common.model.pretrained_encoders import trainable_parameters
+from common.run_config import parse_overrides, read_toml_config
+from common.settings import RunSettings
 
 
 def pooled(settings: RunSettings, num_nodes: int) -> tuple[SampleSet, list[SampleSet]]:
@@ -68,7 +70,7 @@ def centralized(settings: RunSettings, num_nodes: int) -> dict[str, float]:
     task = task_info(settings)
     model = cloud_model(settings, task)
     params = [
-        *model.encoders.parameters(),
+        *trainable_parameters(model.encoders),
         *model.connector.private_parameters(),
         *model.connector.shared_parameters(),
         *adapter_parameters(model.lm, SHARED),

@@ -18,7 +18,8 @@ import json
 import numpy as np
 
 from common.exchange import DeviceUpdate
-from common.settings import RunSettings, parse_overrides, read_toml_config
+from common.run_config import parse_overrides, read_toml_config
+from common.settings import RunSettings
 from proto.messages import evaluate_reply, instruction, pack_global, train_reply
 from server_app.ledger import Ledger
 

@@ -1,20 +1,24 @@
-"""Experiment runner: methods x seeds (x overrides), comparison tables and plots.
+"""Experiment runner: methods x seeds (x datasets x settings), tables and plots.
 
 Each run is a real federation: the ServerApp's strategy and the ClientApp's
 handlers, driven in-process by :class:`~experiments.local_grid.InProcessGrid`
 (no Ray), so a sweep of many runs fits on a laptop CPU. Each run writes its own
-``<out>/runs/<method>-s<seed>/`` like ``flwr run`` does; a run whose directory
-already holds a ``summary.json`` for the same configuration is not run again.
+run folder like ``flwr run`` does; a run whose folder already holds a
+``summary.json`` for the same configuration is not run again, and one that
+stopped part-way is resumed from its checkpoint.
 
 Usage::
 
     python -m experiments.run --methods mlecs,fedit,standalone --seeds 0,1,2,3,4 \
         --num-nodes 10 --out outputs/compare [--config FILE] [--set key=value ...] [--jobs 2]
+    python -m experiments.run --grid conf/grids/quick.toml --out outputs/quick --jobs 2
 
-Writes ``results.json`` (method -> run summaries), ``table.md`` (mean ± std of
-the final and the tail metrics, paired differences with 95% intervals),
-``curves.png`` (client macro-F1 per round) and ``diffs.png`` (paired differences
-against the first method).
+Writes ``results.json`` (method -> run summaries; per group for a grid),
+``results.csv`` (one row per run: every final and tail metric, the ledger),
+``table.md`` (mean ± std of the tail and final metrics, paired differences with
+95% intervals), ``curves*.png`` (client macro-F1 per round) and ``diffs*.png``
+(paired differences against the first method). ``method = "centralized"`` runs
+the pooled-data ceiling (``experiments.ceilings``) as a cell.
 """
 
 from __future__ import annotations
@@ -23,24 +27,27 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
 from common.atomic import write_text
-from common.settings import RunSettings, flatten, parse_overrides, read_toml_config
-from experiments import stats
-
-TABLE_METRICS = ("client_f1", "client_rouge_lsum", "server_f1", "server_rouge_lsum")
+from common.run_config import parse_overrides, read_toml_config
+from common.settings import ConfigError, RunSettings, flatten
+from experiments.grid import CENTRALIZED, Cell, Grid, GridError, cells, check, read_grid
+from experiments.report import write_outputs
 
 
 def run_one(config: dict, num_nodes: int) -> dict:
-    """Run one federation in-process; return its summary (also on disk)."""
+    """Run one federation in-process (or the centralized ceiling); return its summary."""
     from client_app.app import app as client_app
     from experiments.local_grid import InProcessGrid
     from server_app.run import ServerRun
 
+    if config.get("method") == CENTRALIZED:
+        return run_centralized(config, num_nodes)
     settings = RunSettings.from_run_config(config)
     run = ServerRun(settings)
     grid = InProcessGrid(client_app, config, num_nodes)
@@ -49,6 +56,35 @@ def run_one(config: dict, num_nodes: int) -> dict:
     summary["seconds"] = round(time.time() - start, 1)
     summary["num_nodes"] = num_nodes
     write_text(run.recorder.dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def run_centralized(config: dict, num_nodes: int) -> dict:
+    """The centralized ceiling as a cell of a sweep: a summary like a federation's.
+
+    Its client metrics are the pooled model's mean scores over the devices' test
+    splits after the whole step budget; ``tail`` equals ``final`` (one evaluation).
+    """
+    from experiments.ceilings import centralized
+
+    settings = RunSettings.from_run_config({**config, "method": "standalone"})
+    run_dir = Path(settings.output_dir).expanduser() / settings.run_name
+    start = time.time()
+    scores = centralized(settings, num_nodes)
+    final = {f"client_{k}": v for k, v in scores.items()}
+    summary = {
+        "method": CENTRALIZED,
+        "dataset": settings.dataset,
+        "seed": settings.seed,
+        "rounds": settings.num_server_rounds,
+        "final": final,
+        "tail": dict(final),
+        "seconds": round(time.time() - start, 1),
+        "num_nodes": num_nodes,
+    }
+    config_record = {"run_config": resolved(config)}
+    write_text(run_dir / "config.json", json.dumps(config_record, indent=2))
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -68,6 +104,24 @@ def quiet() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
 
 
+def resolved(config: dict) -> dict:
+    """The flat, resolved run config of a cell (the centralized ceiling parses as standalone).
+
+    Raises
+    ------
+    ConfigError
+        On an unknown key or an impossible value, naming it.
+    """
+    central = config.get("method") == CENTRALIZED
+    settings = RunSettings.from_run_config(
+        {**config, "method": "standalone"} if central else config
+    )
+    flat = json.loads(json.dumps(flatten(settings)))
+    if central:
+        flat["method"] = CENTRALIZED
+    return flat
+
+
 def done_summary(config: dict, num_nodes: int) -> dict | None:
     """The summary of a finished run with exactly this configuration, if there is one."""
     run_dir = Path(config["output-dir"]) / config["run-name"]
@@ -76,24 +130,31 @@ def done_summary(config: dict, num_nodes: int) -> dict | None:
         saved = json.loads((run_dir / "config.json").read_text())["run_config"]
     except (OSError, ValueError, KeyError):
         return None
-    wanted = flatten(RunSettings.from_run_config(config))
-    same = saved == json.loads(json.dumps(wanted)) and summary.get("num_nodes") == num_nodes
+    same = saved == resolved(config) and summary.get("num_nodes") == num_nodes
     return summary if same and summary.get("rounds") else None
 
 
-def cells(base: dict, methods: list[str], seeds: list[int], out: Path) -> list[dict]:
-    """One run config per (method, seed)."""
-    return [
-        {
-            **base,
-            "method": method,
-            "seed": seed,
-            "output-dir": str(out / "runs"),
-            "run-name": f"{method}-s{seed}",
-        }
-        for method in methods
-        for seed in seeds
-    ]
+def prepare(config: dict) -> dict:
+    """The config to run a cell with: resume a run that stopped part-way, else start afresh.
+
+    A run folder holding a checkpoint of the same configuration is resumed
+    (``resume=true``); any other leftover folder of this cell is removed first.
+    """
+    run_dir = Path(config["output-dir"]) / config["run-name"]
+    if not run_dir.exists():
+        return config
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())["run_config"]
+    except (OSError, ValueError, KeyError):
+        saved = None
+    wanted = resolved(config)
+    if saved is not None and (run_dir / "checkpoint.npz").exists():
+        if {k: v for k, v in saved.items() if k != "resume"} == {
+            k: v for k, v in wanted.items() if k != "resume"
+        }:
+            return {**config, "resume": True}
+    shutil.rmtree(run_dir)
+    return config
 
 
 def sweep(configs: list[dict], num_nodes: int, jobs: int) -> list[dict]:
@@ -108,60 +169,51 @@ def sweep(configs: list[dict], num_nodes: int, jobs: int) -> list[dict]:
         s = results[i]
         f1 = (s.get("tail") or {}).get("client_f1")
         left = (time.time() - start) / k * (len(todo) - k)
+        bar = "#" * round(20 * k / len(todo))
         print(
-            f"[{k}/{len(todo)}] {configs[i]['run-name']}: tail client_f1 "
+            f"[{bar:<20}] {k}/{len(todo)} {configs[i]['run-name']}: tail client_f1 "
             f"{'n/a' if f1 is None else f'{f1:.3f}'} ({s['seconds']}s, ~{left / 60:.0f} min left)",
             flush=True,
         )
 
     if jobs <= 1:
         for k, i in enumerate(todo, 1):
-            results[i] = run_one(configs[i], num_nodes)
+            results[i] = run_one(prepare(configs[i]), num_nodes)
             report(i, k)
     else:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_worker, configs[i], num_nodes, threads): i for i in todo}
+            futures = {
+                pool.submit(_worker, prepare(configs[i]), num_nodes, threads): i for i in todo
+            }
             for k, fut in enumerate(as_completed(futures), 1):
                 i = futures[fut]
                 results[i] = fut.result()
                 report(i, k)
-    return [r for r in results if r is not None]
+    return [r for r in results if r is not None]  # every cell ran, or sweep() raised
 
 
-def write_outputs(results: dict[str, list[dict]], out: Path) -> str:
-    """``results.json``, ``table.md``, ``curves.png``, ``diffs.png``; return the table."""
-    write_text(out / "results.json", json.dumps(results, indent=2))
-    md = "\n\n".join(
-        [
-            "### Tail (mean of the last `eval.tail-rounds` rounds), mean ± std over seeds",
-            stats.summary_table(results, "tail"),
-            "### Final round, mean ± std over seeds",
-            stats.summary_table(results, "final"),
-            "### Paired differences of the tail metrics (mean [95% interval])",
-            stats.diff_table(results, TABLE_METRICS),
-        ]
-    )
-    write_text(out / "table.md", md + "\n")
-    histories = {m: [_history(out, r) for r in runs] for m, runs in results.items()}
-    stats.plot_curves(histories, "client_f1", out / "curves.png")
-    if len(results) > 1:
-        stats.plot_diffs(results, "client_f1", next(iter(results)), out / "diffs.png")
-    return md
+def _history_reader(grid_cells: list[Cell]):
+    folders = {(c.group, c.method, c.seed): Path(c.config["output-dir"]) for c in grid_cells}
 
+    def history(group: str, summary: dict) -> list[dict]:
+        folder = folders.get((group, summary["method"], summary["seed"]))
+        path = None if folder is None else folder / f"{summary['method']}-s{summary['seed']}"
+        if path is None or not (path / "rounds.jsonl").exists():
+            return []
+        return [json.loads(x) for x in (path / "rounds.jsonl").read_text().splitlines() if x]
 
-def _history(out: Path, summary: dict) -> list[dict]:
-    path = out / "runs" / f"{summary['method']}-s{summary['seed']}" / "rounds.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x]
+    return history
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the sweep and write its tables and plots."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--grid", type=Path, help="a TOML grid file (methods x datasets x settings x seeds)"
+    )
     p.add_argument("--methods", default="mlecs,fedit,standalone")
     p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--num-nodes", type=int, default=10)
+    p.add_argument("--num-nodes", type=int, help="devices per run (default 10, or the grid's)")
     p.add_argument("--out", default="outputs/compare")
     p.add_argument("--config", help="a TOML override file applied to every run")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
@@ -175,19 +227,27 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     quiet()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     base = read_toml_config(args.config) if args.config else {}
     base.update(parse_overrides(args.set))
-    methods = [m for m in args.methods.split(",") if m]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    configs = cells(base, methods, seeds, out)
-    for config in configs:  # fail before any run on a bad override
-        RunSettings.from_run_config(config)
-    summaries = sweep(configs, args.num_nodes, args.jobs)
-    results: dict[str, list[dict]] = {}
-    for s in summaries:
-        results.setdefault(s["method"], []).append(s)
-    print(write_outputs(results, out))
+    try:
+        if args.grid:
+            grid = read_grid(args.grid, base)
+        else:
+            methods = [m for m in args.methods.split(",") if m]
+            grid = Grid(methods=methods, seeds=[int(s) for s in args.seeds.split(",") if s])
+            grid.base = base
+        if args.num_nodes:
+            grid.num_nodes = args.num_nodes
+        grid_cells = cells(grid, out)
+        check(grid_cells, resolved)  # fail before any run on a bad entry
+    except (GridError, ConfigError) as err:
+        raise SystemExit(f"error: {err}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = sweep([c.config for c in grid_cells], grid.num_nodes, args.jobs)
+    results: dict[str, dict[str, list[dict]]] = {}
+    for c, s in zip(grid_cells, summaries):
+        results.setdefault(c.group, {}).setdefault(c.method, []).append(s)
+    print(write_outputs(results, out, _history_reader(grid_cells)))
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ def build_manifest(
     public_ids: np.ndarray | Iterable[int] | None = None,
     role: str = "device",
     partition_id: int = -1,
+    round_token: str = "",
 ) -> bytes:
     """Describe a payload in a serialized ``PayloadManifest``.
 
@@ -91,6 +92,8 @@ def build_manifest(
         The sender.
     partition_id : int
         The sending device's partition; negative for none (the server).
+    round_token : str
+        The round the payload belongs to (the server's token, echoed by devices).
 
     Returns
     -------
@@ -113,6 +116,7 @@ def build_manifest(
         modalities=list(modalities),
         modality_counts={str(n): int(c) for n, c in (counts or {}).items()},
         public_ids=[] if public_ids is None else np.asarray(public_ids, np.int64).tolist(),
+        round_token=round_token,
     )
     if partition_id >= 0:
         m.partition_id = int(partition_id)

@@ -38,6 +38,7 @@ from proto.records import (
 )
 
 SERVER_ROUND = "server-round"  # injected into every instruction's config by FedAvg
+ROUND_TOKEN = "round-token"  # the server's token for the round, echoed in train replies
 EVALUATION = "evaluation"  # a train reply's scores of the device's personal model
 
 
@@ -130,7 +131,9 @@ def read_instruction(content: RecordDict) -> GlobalPayload:
     state, anchors = _read_pair(content, "GLOBAL_STATE", ANCHORS, "ANCHORS", "rejected server")
     config = content.config_records.get(CONFIG)
     server_round = int(config[SERVER_ROUND]) if config and SERVER_ROUND in config else 0
+    token = str(config[ROUND_TOKEN]) if config and ROUND_TOKEN in config else ""
     return GlobalPayload(
+        round_token=token,
         state=as_float32(state),
         anchor_ids=anchors.get(IDS, np.zeros(0, np.int64)),
         anchors=anchors.get(Z, np.zeros((0, 0), np.float32)).astype(np.float32),
@@ -153,6 +156,7 @@ def train_reply(update: DeviceUpdate, dtype: str | None = None) -> RecordDict:
         modalities=update.modalities,
         counts=update.modality_counts,
         partition_id=update.partition_id,
+        round_token=update.round_token,
     )
     if len(update.rep_ids):
         reps = {IDS: np.asarray(update.rep_ids, np.int64), Z: update.reps}
@@ -196,6 +200,7 @@ def read_train_reply(content: RecordDict) -> DeviceUpdate:
         metrics={k: float(v) for k, v in metrics.items() if k != NUM_EXAMPLES},
         partition_id=int(facts.partition_id),
         evaluation=_floats(content.metric_records.get(EVALUATION)),
+        round_token=facts.round_token,
     )
 
 

@@ -32,6 +32,44 @@ def to_record(state: State, dtype: str | None = None) -> ArrayRecord:
     return ArrayRecord({k: Array(cast(v)) for k, v in state.items()})
 
 
+SCALE = "::scale"  # int8 transport: "<name>::scale" holds the float32 scale of "<name>"
+
+
+def quantize(state: State) -> State:
+    """Floating-point arrays as int8 with one float32 scale each (``max|v| / 127``).
+
+    Other arrays (ids) pass unchanged. :func:`dequantize` undoes it up to half a
+    quantisation step per entry.
+    """
+    out: State = {}
+    for k, v in state.items():
+        v = np.asarray(v)
+        if not np.issubdtype(v.dtype, np.floating):
+            out[k] = v
+            continue
+        peak = float(np.max(np.abs(v))) if v.size else 0.0
+        scale = peak / 127.0 if peak > 0 and np.isfinite(peak) else 1.0
+        out[k] = np.clip(np.rint(v / scale), -127, 127).astype(np.int8)
+        out[k + SCALE] = np.asarray(scale, np.float32)
+    return out
+
+
+def dequantize(state: State) -> State:
+    """Undo :func:`quantize`: every ``<name>`` with a ``<name>::scale`` back to float32."""
+    out: State = {}
+    for k, v in state.items():
+        if k.endswith(SCALE):
+            continue
+        scale = state.get(k + SCALE)
+        if scale is None:
+            out[k] = v
+        else:
+            out[k] = (np.asarray(v, np.float32) * np.float32(np.asarray(scale).reshape(()))).astype(
+                np.float32
+            )
+    return out
+
+
 def from_record(record: ArrayRecord) -> State:
     """Unpack an ArrayRecord into a state dict of numpy arrays (dtypes as sent)."""
     return {k: a.numpy() for k, a in record.items()}
@@ -50,7 +88,7 @@ def pack_payload(
     ``manifest`` holds the extra manifest fields (``role``, ``modalities``,
     ``counts``, ``partition_id``); the tensors are described as they are sent.
     """
-    record = to_record(state, dtype)
+    record = to_record(quantize(state)) if dtype == "int8" else to_record(state, dtype)
     return record, manifest_record(build_manifest(kind, from_record(record), **manifest))
 
 
@@ -70,7 +108,24 @@ def get_payload(content: RecordDict, key: str, kind: str) -> tuple[State, list[s
         return {}, [f"no '{key}' payload"]
     arrays = from_record(content.array_records[key])
     manifest = manifest_from(content.config_records.get(manifest_key(key)))
-    return arrays, validate_payload(manifest, arrays, expected_kind=kind)
+    problems = validate_payload(manifest, arrays, expected_kind=kind)
+    if not problems and any(k.endswith(SCALE) for k in arrays):
+        problems = _scale_problems(arrays)
+        arrays = dequantize(arrays) if not problems else arrays
+    return arrays, problems
+
+
+def _scale_problems(arrays: State) -> list[str]:
+    out = []
+    for k, v in arrays.items():
+        if not k.endswith(SCALE):
+            continue
+        base = k[: -len(SCALE)]
+        if base not in arrays or np.asarray(arrays[base]).dtype != np.int8:
+            out.append(f"scale '{k}' without an int8 tensor '{base}'")
+        elif np.asarray(v).size != 1:
+            out.append(f"scale '{k}' is not a single number")
+    return out
 
 
 def metric_record(values: dict[str, float | int]) -> MetricRecord:

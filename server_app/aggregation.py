@@ -1,135 +1,40 @@
-"""Modality-aware aggregation (MMA) and update validation: pure functions on arrays.
+"""Modality-aware aggregation (MMA): pure functions on arrays.
 
 ``w_i ∝ n_i · (|M_i| / |M|)^beta`` for the shared low-rank adapters (backbone LoRA
-and prompt adapter), damped robustly (norm clipping against the median norm,
-down-weighting updates that disagree with the others). ``beta = 0`` with no
-damping is FedAvg. Nothing is averaged across unlike encoders: the parts that
-read a device's encoders (heads, fusion) stay on the device.
+and prompt adapter), damped robustly: example counts capped at a multiple of the
+median count, update norms clipped against the median norm, updates that disagree
+with the others down-weighted. ``beta = 0`` with no damping is FedAvg. Fused
+representations get a bound of their own: each row's deviation from the cloud's
+own view of that public sample is clipped against the median deviation, and a
+device whose rows point away from the cloud's is down-weighted. Nothing is
+averaged across unlike encoders: the parts that read a device's encoders (heads,
+fusion) stay on the device.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from common.exchange import DeviceUpdate
-from common.state import SHARED_PREFIXES, State, nbytes
+from common.state import SHARED_PREFIXES, State
+from server_app.contribution import Contribution
 
 
-@dataclass
-class Contribution:
-    """One device's parsed training reply.
-
-    Attributes
-    ----------
-    node_id : int
-        Flower node id of the sender.
-    delta : State
-        ``lora/...`` and ``prompt/...`` deltas.
-    num_examples : int
-        Samples the shared state was trained on.
-    modalities : tuple of str
-        The device's modality set.
-    modality_counts : dict of str to int
-        Present-sample count per held modality.
-    rep_ids, reps : numpy.ndarray
-        ``(N,)`` public ids and ``(N, F)`` fused representations.
-    """
-
-    node_id: int
-    delta: State
-    num_examples: int
-    modalities: tuple[str, ...]
-    modality_counts: dict[str, int]
-    rep_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    reps: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
-
-    @classmethod
-    def from_update(cls, node_id: int, update: DeviceUpdate) -> Contribution:
-        """The contribution of ``update`` (read from a validated reply) by ``node_id``."""
-        return cls(
-            node_id=node_id,
-            delta=update.delta,
-            num_examples=update.num_examples,
-            modalities=update.modalities,
-            modality_counts=update.modality_counts,
-            rep_ids=update.rep_ids,
-            reps=update.reps,
-        )
-
-
-def check_contribution(
-    c: Contribution,
-    reference: State,
-    all_modalities: tuple[str, ...],
-    fused_dim: int,
-    public_ids: set[int] | None,
-    max_bytes: int,
-) -> list[str]:
-    """Problems that make a contribution unusable (empty list = accepted).
+def mma_weights(
+    contribs: list[Contribution], num_modalities: int, beta: float, count_cap: float = 0.0
+) -> np.ndarray:
+    """``n_i · (|M_i| / |M|)^beta``, normalised to sum to 1.
 
     Parameters
     ----------
-    reference : State
-        The global state sent this round; the delta's keys must match it exactly.
-    public_ids : set of int, optional
-        Valid public sample ids for representations (None = not checked).
+    count_cap : float
+        With ``count_cap > 0``, each ``n_i`` counts at most ``count_cap`` times the
+        median count, so no device buys the aggregate by claiming a huge dataset.
     """
-    problems: list[str] = []
-    unknown = [m for m in c.modalities if m not in all_modalities]
-    if unknown or not c.modalities:
-        problems.append(f"unknown or empty modality set {list(c.modalities)}")
-    if c.num_examples <= 0:
-        problems.append(f"num-examples is {c.num_examples}")
-    size = nbytes(c.delta) + int(np.asarray(c.reps).nbytes)
-    if size > max_bytes:
-        problems.append(f"implausible size {size} bytes (limit {max_bytes})")
-    ref_keys = {k for k in reference if k.startswith(SHARED_PREFIXES)}
-    got_keys = {k for k in c.delta if k.startswith(SHARED_PREFIXES)}
-    if c.delta and ref_keys != got_keys:
-        extra, missing = sorted(got_keys - ref_keys), sorted(ref_keys - got_keys)
-        problems.append(f"shared keys differ (unexpected {extra[:2]}, missing {missing[:2]})")
-    for key, value in c.delta.items():
-        if not key.startswith(SHARED_PREFIXES):
-            problems.append(f"unexpected key '{key}'")
-            continue
-        ref = reference.get(key)
-        if ref is None:
-            problems.append(f"unexpected key '{key}'")
-            continue
-        arr = np.asarray(value)
-        if arr.dtype not in (np.float32, np.float16):
-            problems.append(f"'{key}' has dtype {arr.dtype}, expected float32/float16")
-        elif arr.shape != np.asarray(ref).shape:
-            problems.append(f"'{key}' has shape {arr.shape}, expected {np.asarray(ref).shape}")
-        elif not np.isfinite(arr).all():
-            problems.append(f"'{key}' has non-finite values")
-    problems.extend(_check_reps(c, fused_dim, public_ids))
-    return problems
-
-
-def _check_reps(c: Contribution, fused_dim: int, public_ids: set[int] | None) -> list[str]:
-    if len(c.rep_ids) == 0:
-        return []
-    reps = np.asarray(c.reps)
-    if reps.ndim != 2 or reps.shape != (len(c.rep_ids), fused_dim):
-        return [
-            f"representations have shape {reps.shape}, expected ({len(c.rep_ids)}, {fused_dim})"
-        ]
-    if not np.isfinite(reps).all():
-        return ["representations have non-finite values"]
-    if public_ids is not None and not set(map(int, c.rep_ids)) <= public_ids:
-        return ["representations for ids that are not public samples"]
-    return []
-
-
-def mma_weights(contribs: list[Contribution], num_modalities: int, beta: float) -> np.ndarray:
-    """``n_i · (|M_i| / |M|)^beta``, normalised to sum to 1."""
-    raw = np.array(
-        [c.num_examples * (len(c.modalities) / num_modalities) ** beta for c in contribs],
-        dtype=np.float64,
-    )
+    n = np.array([c.num_examples for c in contribs], dtype=np.float64)
+    if count_cap > 0 and len(n) > 1:
+        n = np.minimum(n, count_cap * np.median(n))
+    cover = np.array([len(c.modalities) / num_modalities for c in contribs], dtype=np.float64)
+    raw = n * cover**beta
     return raw / raw.sum()
 
 
@@ -170,21 +75,52 @@ def damp(
         scales = np.where(norms > limit, limit / np.maximum(norms, 1e-12), 1.0)
     w = weights.astype(np.float64).copy()
     if disagreement > 0 and n > 2:
-        clipped = [v * s for v, s in zip(vectors, scales)]
-        for i in range(n):
-            # the others' mean uses the undamped weights: the result must not depend on order
-            others = sum(weights[j] * clipped[j] for j in range(n) if j != i)
-            denom = np.linalg.norm(others) * np.linalg.norm(clipped[i])
-            cos = float(others @ clipped[i] / denom) if denom > 0 else 1.0
-            w[i] = weights[i] * ((1 + cos) / 2) ** disagreement
+        # The others' mean uses the undamped weights: the result must not depend on order.
+        cos = _cosines_direct(vectors, scales, weights) if n <= _DIRECT_MAX else None
+        if cos is None:
+            cos = _cosines_by_total(vectors, scales, weights)
+        w = weights * ((1 + cos) / 2) ** disagreement
         if w.sum() <= 0:
             w = weights.astype(np.float64).copy()
     return scales, w / w.sum()
 
 
+# Up to this many devices the others' sums are formed directly (O(n^2 d), the
+# reference computation); beyond, from the weighted total (O(n d), equal up to
+# rounding), so that aggregating hundreds of devices stays fast.
+_DIRECT_MAX = 32
+
+
+def _cosines_direct(vectors, scales, weights) -> np.ndarray:
+    clipped = [v * s for v, s in zip(vectors, scales)]
+    out = np.ones(len(vectors))
+    for i in range(len(vectors)):
+        others = sum(weights[j] * clipped[j] for j in range(len(vectors)) if j != i)
+        denom = np.linalg.norm(others) * np.linalg.norm(clipped[i])
+        out[i] = float(others @ clipped[i] / denom) if denom > 0 else 1.0
+    return out
+
+
+def _cosines_by_total(vectors, scales, weights) -> np.ndarray:
+    """``cos(others_i, c_i)`` with ``others_i = T - w_i c_i`` and ``T = sum_j w_j c_j``."""
+    total = np.zeros_like(np.asarray(vectors[0], np.float64))
+    for v, s, wj in zip(vectors, scales, weights):
+        total += (wj * s) * np.asarray(v, np.float64)
+    tt = float(total @ total)
+    out = np.ones(len(vectors))
+    for i, (v, s, wi) in enumerate(zip(vectors, scales, weights)):
+        c = s * np.asarray(v, np.float64)
+        tc, cc = float(total @ c), float(c @ c)
+        dot = tc - wi * cc
+        others_sq = max(tt - 2 * wi * tc + wi * wi * cc, 0.0)
+        denom = np.sqrt(others_sq * cc)
+        out[i] = dot / denom if denom > 0 else 1.0
+    return out
+
+
 def aggregate_shared(
     contribs: list[Contribution], weights: np.ndarray, clip_factor: float, disagreement: float
-) -> tuple[State, np.ndarray]:
+) -> tuple[State, np.ndarray, np.ndarray]:
     """Weighted, damped mean of the shared deltas (``lora/`` and ``prompt/``).
 
     The damping sees one vector per device: all of its shared deltas together.
@@ -195,10 +131,12 @@ def aggregate_shared(
         Aggregated shared delta.
     weights : numpy.ndarray
         Final per-device weights after damping.
+    scales : numpy.ndarray
+        Factor each device's update was scaled by (1 = not clipped).
     """
     keys = sorted(k for k in contribs[0].delta if k.startswith(SHARED_PREFIXES))
     if not keys:
-        return {}, weights
+        return {}, weights, np.ones(len(contribs))
     vectors = [_flat(c.delta, keys) for c in contribs]
     scales, w = damp(vectors, weights, clip_factor, disagreement)
     out: State = {}
@@ -207,13 +145,93 @@ def aggregate_shared(
             w[i] * scales[i] * np.asarray(c.delta[k], np.float64) for i, c in enumerate(contribs)
         )
         out[k] = np.asarray(acc, np.float32)
-    return out, w
+    return out, w, scales
+
+
+def bound_representations(
+    contribs: list[Contribution],
+    reference_ids: np.ndarray,
+    reference: np.ndarray,
+    clip_factor: float,
+    disagreement: float,
+) -> tuple[list[np.ndarray], np.ndarray, dict[int, str]]:
+    """Bound every device's fused representations before they are averaged.
+
+    The cloud holds its own view ``z^s`` of every public sample, which is the
+    reference: a row's deviation from the cloud's row for the same id is clipped to
+    ``clip_factor`` times the median deviation over all devices' rows (a row
+    without a reference: its norm, against the median row norm), and a device
+    whose rows point away from the cloud's is down-weighted.
+
+    Parameters
+    ----------
+    contribs : list of Contribution
+        Accepted contributions (their ``rep_ids`` / ``reps``).
+    reference_ids, reference : numpy.ndarray
+        ``(K,)`` public ids and ``(K, F)`` the cloud's own ``z^s`` for them.
+    clip_factor : float
+        Bound relative to the median (0 = off).
+    disagreement : float
+        Exponent ``d`` of the per-device multiplier ``((1 + c) / 2)^d``, with ``c``
+        the mean cosine between the device's rows and the cloud's rows for the
+        same ids (0 = off).
+
+    Returns
+    -------
+    reps : list of numpy.ndarray
+        Each device's ``(N_i, F)`` rows after clipping.
+    multipliers : numpy.ndarray
+        ``(n,)`` weight multipliers in [0, 1].
+    notes : dict of int to str
+        Node id -> what was clipped or damped, for the log.
+    """
+    row_of = {int(k): j for j, k in enumerate(reference_ids)}
+    ref = np.asarray(reference, np.float64)
+    reps, bases = [], []
+    for c in contribs:
+        r = np.asarray(c.reps, np.float64)
+        base = np.zeros_like(r)
+        for k, sid in enumerate(c.rep_ids):
+            if int(sid) in row_of and ref.shape[1:] == r.shape[1:]:
+                base[k] = ref[row_of[int(sid)]]
+        reps.append(r)
+        bases.append(base)
+    notes: dict[int, str] = {}
+    devs = [np.linalg.norm(r - b, axis=1) for r, b in zip(reps, bases) if len(r)]
+    if clip_factor > 0 and devs:
+        limit = clip_factor * float(np.median(np.concatenate(devs)))
+        for i, (r, base) in enumerate(zip(reps, bases)):
+            dev = np.linalg.norm(r - base, axis=1)
+            over = dev > limit
+            if over.any():
+                scale = np.where(over, limit / np.maximum(dev, 1e-12), 1.0)[:, None]
+                reps[i] = base + (r - base) * scale
+                notes[contribs[i].node_id] = f"{int(over.sum())} representation rows clipped"
+    mult = np.ones(len(contribs))
+    if disagreement > 0 and len(reference_ids):
+        for i, (c, base) in enumerate(zip(contribs, bases)):
+            known = np.linalg.norm(base, axis=1) > 0
+            if not known.any():
+                continue
+            a, b = np.asarray(c.reps, np.float64)[known], base[known]
+            denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+            cos = float(np.mean(np.sum(a * b, axis=1) / np.maximum(denom, 1e-12)))
+            mult[i] = ((1 + cos) / 2) ** disagreement
+            if cos < 0:
+                note = f"representations point away from the cloud's (cos {cos:.2f})"
+                notes[c.node_id] = "; ".join(filter(None, [notes.get(c.node_id), note]))
+    return [r.astype(np.float32) for r in reps], mult, notes
 
 
 def aggregate_representations(
-    contribs: list[Contribution], weights: np.ndarray
+    contribs: list[Contribution], weights: np.ndarray, reps: list[np.ndarray] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Edge consensus per public id: weighted mean of the devices' ``z^c``.
+
+    Parameters
+    ----------
+    reps : list of numpy.ndarray, optional
+        The rows to use instead of each contribution's own (e.g. bounded ones).
 
     Returns
     -------
@@ -224,8 +242,9 @@ def aggregate_representations(
     """
     sums: dict[int, np.ndarray] = {}
     totals: dict[int, float] = {}
-    for c, w in zip(contribs, weights):
-        for i, z in zip(c.rep_ids, np.asarray(c.reps, np.float64)):
+    rows = reps if reps is not None else [c.reps for c in contribs]
+    for c, w, r in zip(contribs, weights, rows):
+        for i, z in zip(c.rep_ids, np.asarray(r, np.float64)):
             sums[int(i)] = sums.get(int(i), 0.0) + w * z
             totals[int(i)] = totals.get(int(i), 0.0) + w
     ids = np.array(sorted(i for i in sums if totals[i] > 0), np.int64)

@@ -8,6 +8,7 @@ from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
+from common.reproducibility import pin
 from common.settings import RunSettings
 from server_app.run import ServerRun
 
@@ -19,6 +20,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` rounds of the configured method."""
     # Parse and validate everything before any training: bad config fails here.
     settings = RunSettings.from_run_config(context.run_config)
+    pin(settings)
     run = ServerRun(settings)
     summary = run.run(grid)
     log(INFO, "results in %s (final %s)", run.recorder.dir, summary["final"])

@@ -10,9 +10,11 @@ from common.learning.loop import Trainer
 from common.learning.losses import ExtraLoss, anchor_term, ccl_term
 from common.model.adapters import PRIVATE, adapter_parameters
 from common.model.factory import cloud_model
-from common.model.state import cloud_state, load_cloud_state, load_shared_state
-from common.settings import RunSettings
+from common.model.pretrained_encoders import trainable_parameters
+from common.model.state import cloud_state, load_cloud_state, load_shared_state, shared_state
+from common.settings import ConfigError, RunSettings
 from common.state import State
+from server_app.distill import mutual_distillation
 
 
 class Cloud:
@@ -34,10 +36,17 @@ class Cloud:
         self.uses_global = settings.server.backbone == "edge" and settings.components.federated
         self.public_ids = set(int(i) for i in self.data.public_train.ids)
         m = self.model
-        self._encoder_side = [*m.encoders.parameters(), *m.connector.private_parameters()]
+        self._encoder_side = [*trainable_parameters(m.encoders), *m.connector.private_parameters()]
         self._params = [*self._encoder_side, *adapter_parameters(m.lm, PRIVATE)]
         if not self.uses_global:
             self._params += m.connector.shared_parameters()
+        elif not settings.components.share_b:
+            # FedSA: only the A matrices are global; like a device, the cloud keeps its B.
+            self._params += [
+                p
+                for n, p in [*m.lm.named_parameters(), *m.connector.named_parameters()]
+                if "lora_B" in n and ".private." not in n
+            ]
         self.trainer = Trainer(m, self._params, lr=settings.server.lr)
 
     def load_global(self, state: State) -> None:
@@ -59,7 +68,7 @@ class Cloud:
         terms: dict[str, ExtraLoss] = {}
         if comps.ccl:
             terms["ccl"] = ccl_term(s.ccl)
-        if comps.seccl:
+        if comps.seccl or comps.rep_exchange:
             term = anchor_term(consensus_ids, consensus, s.seccl.server_weight, s.ccl)
             if term is not None:
                 terms["align"] = term
@@ -74,6 +83,29 @@ class Cloud:
             probe=self._encoder_side,
         )
         return report.flat("server")
+
+    def distill(self, server_round: int) -> tuple[State, dict[str, float]]:
+        """FedCoLLM: mutual distillation on the public data; the updated global state.
+
+        Raises
+        ------
+        ConfigError
+            When the cloud does not share the devices' backbone (token-level
+            distillation needs one vocabulary).
+        """
+        s = self.settings
+        if not self.uses_global:
+            raise ConfigError("method 'fedcollm' needs server.backbone = \"edge\"")
+        rng = np.random.default_rng([s.seed, 4241, server_round])
+        info = mutual_distillation(
+            self.model,
+            self.data.public_train,
+            s.server.steps,
+            s.server.batch_size,
+            s.server.lr,
+            rng,
+        )
+        return shared_state(self.model), info
 
     def representations(self) -> tuple[np.ndarray, np.ndarray]:
         """``z^s`` for every public train sample: ``(N,)`` ids, ``(N, F)``."""
@@ -92,9 +124,10 @@ class Cloud:
         )
 
     def state(self) -> State:
-        """Everything needed to restore the cloud model (for checkpoints)."""
-        return cloud_state(self.model)
+        """Everything needed to restore the cloud model and its optimiser (for checkpoints)."""
+        return {**cloud_state(self.model), **self.trainer.state()}
 
     def load_state(self, state: State) -> None:
         """Restore what :meth:`state` returned."""
         load_cloud_state(self.model, state)
+        self.trainer.load_state(state)

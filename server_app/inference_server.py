@@ -161,14 +161,15 @@ class CloudGenerator:
             prompt = m.lm.get_input_embeddings()(g.prompt_ids).unsqueeze(0)
             prefix = torch.cat([m.connector.prompt(z).to(prompt.dtype), prompt], 1)
             attn = torch.ones(prefix.shape[:2], dtype=torch.long, device=m.device)
-            out = m.lm.generate(
-                inputs_embeds=prefix,
-                attention_mask=attn,
-                max_new_tokens=g.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-            )
+            with m.precision():  # bf16 autocast on CUDA (train.autocast)
+                out = m.lm.generate(
+                    inputs_embeds=prefix,
+                    attention_mask=attn,
+                    max_new_tokens=g.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                )
             return tok.decode(out[0], skip_special_tokens=True).strip()
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from common.atomic import write_text
 from common.learning.metrics import BERTSCORE_NAME
-from common.settings import RunSettings, flatten
+from common.settings import ConfigError, RunSettings, flatten
 from server_app.round_result import RoundResult
 
 # Metrics that the summary's "final" block reports for both sides.
@@ -87,14 +87,20 @@ class Recorder:
     def __init__(self, settings: RunSettings, keep_rounds: int = 0) -> None:
         self.settings = settings
         self.dir = Path(settings.output_dir).expanduser() / default_run_name(settings)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.rounds_path = self.dir / "rounds.jsonl"
+        if self.rounds_path.exists() and not settings.resume:
+            raise ConfigError(
+                f"run folder {self.dir} already holds a run; choose another 'run-name' "
+                "or continue it with resume=true"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.history: list[dict[str, Any]] = []
         if keep_rounds and self.rounds_path.exists():
             # Resuming: keep the rounds the checkpoint covers, drop any later ones.
             lines = [json.loads(x) for x in self.rounds_path.read_text().splitlines() if x]
             self.history = [r for r in lines if r["round"] <= keep_rounds]
         write_text(self.rounds_path, "".join(json.dumps(r) + "\n" for r in self.history))
+        self._writer = None  # TensorBoard writer, opened at the first round
         config = {"run_config": flatten(settings), "bertscore_model": BERTSCORE_NAME}
         write_text(self.dir / "config.json", json.dumps(config, indent=2))
 
@@ -104,6 +110,30 @@ class Recorder:
         self.history = [r for r in self.history if r["round"] != record["round"]] + [record]
         with self.rounds_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.settings.log.tensorboard:
+            self._tensorboard(record)
+
+    def _tensorboard(self, record: dict[str, Any]) -> None:
+        """The round's scalars as TensorBoard events (``<run dir>/tensorboard``)."""
+        if self._writer is None:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(logdir=str(self.dir / "tensorboard"))
+        step = int(record["round"])
+        for side in ("client", "server"):
+            for key in FINAL_KEYS:
+                value = record.get(f"{side}_{key}")
+                if value is not None:
+                    self._writer.add_scalar(f"{side}/{key}", value, step)
+        for key in ("bytes_up_per_client_round", "bytes_down_per_client_round", "ratio"):
+            value = (record.get("comm") or {}).get(key)
+            if value is not None:
+                self._writer.add_scalar(f"comm/{key}", value, step)
+        for key, value in (record.get("aggregation") or {}).items():
+            if isinstance(value, (int, float)):
+                self._writer.add_scalar(f"aggregation/{key}", value, step)
+        self._writer.add_scalar("seconds", record.get("seconds") or 0.0, step)
+        self._writer.flush()
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write ``summary.json`` and ``metrics.png``; return the summary."""
@@ -128,6 +158,8 @@ class Recorder:
         }
         write_text(self.dir / "summary.json", json.dumps(_clean(summary), indent=2))
         self.plot()
+        if self._writer is not None:
+            self._writer.close()
         return summary
 
     def plot(self) -> None:

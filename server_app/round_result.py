@@ -19,6 +19,8 @@ class RoundResult:
         Training replies aggregated.
     rejected : dict of int to str
         Node id -> why its training reply was rejected.
+    missing : list of int
+        Nodes sent a train instruction that did not answer within the timeout.
     weights : dict of str to float
         Node id -> final aggregation weight (after MMA damping).
     cloud : dict of str to float
@@ -34,23 +36,30 @@ class RoundResult:
         each loss term and each term's gradient share.
     comm : dict of str to float
         The communication ledger's summary (bytes per device by kind, ratio).
+    privacy : dict of str to float
+        Central DP of the shared update: devices clipped, noise std, cumulative epsilon.
     """
 
     server_round: int
     seconds: float = 0.0
     accepted: int = 0
     rejected: dict[int, str] = field(default_factory=dict)
+    missing: list[int] = field(default_factory=list)
     weights: dict[str, float] = field(default_factory=dict)
     cloud: dict[str, float] = field(default_factory=dict)
     clients: dict[int, dict[str, float]] = field(default_factory=dict)
     clients_global: dict[int, dict[str, float]] = field(default_factory=dict)
     training: dict[int, dict[str, float]] = field(default_factory=dict)
     comm: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, float] = field(default_factory=dict)
 
     def aggregation(self) -> dict[str, object]:
         """The ``aggregation`` block of a round record."""
         out: dict[str, object] = {"accepted": self.accepted, "rejected": len(self.rejected)}
+        if self.missing:
+            out["missing"] = list(self.missing)
         if self.weights:
             out["weights"] = dict(self.weights)
         out.update(self.cloud)
+        out.update(self.privacy)
         return out

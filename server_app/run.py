@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from logging import INFO
 from pathlib import Path
 
@@ -12,9 +13,15 @@ from flwr.serverapp import Grid
 
 from common.model.factory import reference_edge_model
 from common.model.state import initial_global_state
-from common.settings import RunSettings
+from common.settings import RunSettings, flatten
 from proto.records import from_record, to_record
-from server_app.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
+from server_app.checkpoint import (
+    CHECKPOINT,
+    Checkpoint,
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
+)
 from server_app.cloud import Cloud
 from server_app.recorder import Recorder, round_line, round_record
 from server_app.round_result import RoundResult
@@ -34,9 +41,13 @@ class ServerRun:
         self.initial_state = initial_global_state(settings, edge)
         del edge
         self.strategy = MlEcsStrategy(settings, self.cloud, self.edge_param_bytes)
+        self._config = json.loads(json.dumps(flatten(settings)))
         done = self._resume() if settings.resume else 0
         self.recorder = Recorder(settings, keep_rounds=done)
-        self.comm: list[dict[str, float]] = []
+        # The communication of the rounds before a resume counts in the summary too.
+        self.comm: list[dict[str, float]] = [
+            r["comm"] for r in self.recorder.history if r.get("comm")
+        ]
         self.results: list[RoundResult] = []  # one per round of this start
         self.global_arrays = ArrayRecord()  # the global shared state after the last round
 
@@ -47,6 +58,7 @@ class ServerRun:
             log(INFO, "resume: no checkpoint in %s, starting at round 1", run_dir)
             return 0
         ckpt = load_checkpoint(run_dir)
+        check_resumable(ckpt, flatten(self.settings), self.initial_state)
         self.initial_state = ckpt.global_state
         self.cloud.load_state(ckpt.cloud_state)
         self.cloud.load_global(ckpt.global_state)
@@ -83,7 +95,9 @@ class ServerRun:
         self.comm.append(result.comm)
         record = round_record(result, server)
         self.recorder.record_round(record)
-        ckpt = Checkpoint(from_record(arrays), self.cloud.state(), self.strategy.snapshot())
+        ckpt = Checkpoint(
+            from_record(arrays), self.cloud.state(), self.strategy.snapshot(), self._config
+        )
         save_checkpoint(self.recorder.dir, ckpt)
         log(INFO, round_line(result.server_round, self.settings.num_server_rounds, record))
         return MetricRecord({k: float(v) for k, v in server.items()})

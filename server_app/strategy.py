@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from logging import WARNING
+from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -16,6 +17,8 @@ from flwr.serverapp.strategy import FedAvg
 from common.settings import RunSettings
 from common.state import State, as_float32
 from proto.messages import (
+    ROUND_TOKEN,
+    SERVER_ROUND,
     PackedState,
     PayloadError,
     instruction,
@@ -25,16 +28,18 @@ from proto.messages import (
 )
 from proto.records import NUM_EXAMPLES, from_record, to_record
 from server_app.aggregation import (
-    Contribution,
     aggregate_representations,
     aggregate_shared,
-    check_contribution,
+    bound_representations,
     mma_weights,
 )
 from server_app.checkpoint import StrategySnapshot
 from server_app.cloud import Cloud
+from server_app.contribution import Contribution, check_contribution
 from server_app.ledger import Ledger
+from server_app.privacy import CentralDp
 from server_app.round_result import RoundResult
+from server_app.sampling import sample_devices
 
 
 @dataclass
@@ -44,6 +49,18 @@ class _RoundWork:
     result: RoundResult
     started: float
     reference: State = field(default_factory=dict)  # numpy view of this round's arrays
+    token: str = ""  # the round's token; a train reply must echo it
+    sent: list[Message] = field(default_factory=list)  # this round's train instructions
+
+    def sender(self, reply: Message) -> int:
+        """The node a reply answers for: the SuperLink (node 1) sends a dead node's error."""
+        for msg in self.sent:
+            if (
+                msg.metadata.message_id
+                and msg.metadata.message_id == reply.metadata.reply_to_message_id
+            ):
+                return msg.metadata.dst_node_id
+        return reply.metadata.src_node_id
 
 
 class MlEcsStrategy(FedAvg):
@@ -79,6 +96,7 @@ class MlEcsStrategy(FedAvg):
         self._node_partition: dict[int, int] = {}
         self._round: _RoundWork | None = None
         self._offset = 0  # rounds completed before this start() (a resumed run)
+        self._dp: CentralDp | None = None  # central DP, built at the first private release
 
     # ---------------------------------------------------------------- rounds
     def round_number(self, flower_round: int) -> int:
@@ -110,29 +128,37 @@ class MlEcsStrategy(FedAvg):
     ) -> Iterable[Message]:
         """Sample devices; send the global state (packed once) and each device's anchors."""
         n = self.round_number(server_round)
-        self._round = _RoundWork(RoundResult(n), time.time(), as_float32(from_record(arrays)))
+        token = f"{n}-{secrets.token_hex(8)}"
+        work = _RoundWork(RoundResult(n), time.time(), as_float32(from_record(arrays)), token)
+        self._round = work
         self.ledger.reset()
-        messages = list(super().configure_train(n, arrays, config, grid))
+        config[SERVER_ROUND] = n
+        config[ROUND_TOKEN] = token  # devices echo it: replies from elsewhere are refused
+        st = self.settings.strategy
+        nodes = sample_devices(grid, st.fraction_train, st.min_nodes, st.round_timeout, n)
         dtype = self.settings.transport.dtype
-        packed = pack_global(self._round.reference, dtype)
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            msg.content = instruction(packed, config, self._anchors_for(node), dtype)
-            self.ledger.add_down(node, msg.content)
-        return messages
+        packed = pack_global(work.reference, dtype)
+        for node in nodes:
+            content = instruction(packed, config, self._anchors_for(node), dtype)
+            work.sent.append(Message(content, message_type=MessageType.TRAIN, dst_node_id=node))
+            self.ledger.add_down(node, content)
+        return work.sent
 
     def _anchors_for(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """SE-CCL anchors for ``node``: its public ids' ``z^s``, or all of them.
+        """Anchors for ``node``: its public ids' rows of the anchor table, or all of them.
 
-        A device the server has not heard from yet (round 1, a newcomer) gets the
-        whole table, as the server does not know its public share.
+        The table is the cloud's ``z^s`` (SE-CCL) or the devices' last consensus
+        (CreamFL). A device the server has not heard from yet (round 1, a
+        newcomer) gets the whole table, as the server does not know its share.
         """
-        snap = self._snapshot
-        if not self.settings.components.seccl:
+        snap, comps = self._snapshot, self.settings.components
+        if not (comps.seccl or comps.rep_exchange):
             return None
         if not len(snap.anchor_ids):
+            if not comps.seccl:
+                return None  # CreamFL before the first consensus
             snap.anchor_ids, snap.anchors = self.cloud.representations()
-        ids = snap.node_public_ids.get(node)
+        ids = snap.public_ids.get(self._node_partition.get(node, -1))
         if ids is None:
             return snap.anchor_ids, snap.anchors
         row = {int(i): r for r, i in enumerate(snap.anchor_ids)}
@@ -148,8 +174,9 @@ class MlEcsStrategy(FedAvg):
         n, result, reference = self.round_number(server_round), work.result, work.reference
         s, comps = self.settings, self.settings.components
         accepted: list[Contribution] = []
+        replies = list(replies)
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = work.sender(reply)
             if reply.has_error():
                 result.rejected[node] = f"error reply: {reply.error.reason[:200]}"
                 continue
@@ -158,6 +185,11 @@ class MlEcsStrategy(FedAvg):
                 update = read_train_reply(reply.content)
             except PayloadError as err:
                 result.rejected[node] = str(err)
+                continue
+            if update.round_token != work.token:
+                result.rejected[node] = (
+                    f"reply belongs to another round or run (token {update.round_token!r})"
+                )
                 continue
             contrib = Contribution.from_update(node, update)
             problems = check_contribution(
@@ -168,6 +200,13 @@ class MlEcsStrategy(FedAvg):
                 self.cloud.public_ids,
                 s.mma.max_update_bytes,
             )
+            known = self._snapshot.public_ids.get(update.partition_id)
+            if (
+                known is not None
+                and len(contrib.rep_ids)
+                and not np.array_equal(np.sort(contrib.rep_ids), np.sort(known))
+            ):
+                problems.append("representations for public ids outside the device's share")
             if problems:
                 result.rejected[node] = "; ".join(problems)
                 continue
@@ -175,21 +214,40 @@ class MlEcsStrategy(FedAvg):
             result.training[node] = dict(update.metrics)
             if update.evaluation:
                 result.clients[node] = {**update.evaluation, "partition_id": update.partition_id}
-            self._snapshot.node_public_ids[node] = contrib.rep_ids
+            if len(contrib.rep_ids):
+                self._snapshot.public_ids[update.partition_id] = contrib.rep_ids
             self._node_partition[node] = update.partition_id
         # Replies arrive in any order; aggregate in partition order, so that a run's
         # floating-point sums (and so its results) do not depend on arrival order.
         accepted.sort(key=lambda c: (self._node_partition.get(c.node_id, -1), c.node_id))
         for node, why in result.rejected.items():
             log(WARNING, "round %s: rejected update of node %s: %s", n, node, why)
+        answered = {work.sender(r) for r in replies}
+        result.missing = sorted({m.metadata.dst_node_id for m in work.sent} - answered)
+        if result.missing:
+            log(
+                WARNING,
+                "round %s: no reply from nodes %s within the round timeout",
+                n,
+                result.missing,
+            )
         result.accepted = len(accepted)
         new_state = reference
+        if len(accepted) < s.strategy.min_nodes:
+            log(
+                WARNING,
+                "round %s: aggregation skipped: %d updates accepted (strategy.min-nodes = %d)",
+                n,
+                len(accepted),
+                s.strategy.min_nodes,
+            )
+            accepted = []
         if comps.federated and accepted:
-            beta = s.mma.beta if comps.mma else 0.0
-            clip = s.mma.clip_factor if comps.mma else 0.0
-            dis = s.mma.disagreement if comps.mma else 0.0
-            weights = mma_weights(accepted, len(self.all_modalities), beta)
-            delta, final = aggregate_shared(accepted, weights, clip, dis)
+            if s.dp.noise_multiplier > 0:
+                delta, result.privacy = self._private_aggregate(accepted, n)
+                final = np.full(len(accepted), 1 / len(accepted))
+            else:
+                delta, final = self._mma(accepted, n)
             new_state = {
                 k: (v + delta[k]).astype(np.float32) if k in delta else v
                 for k, v in reference.items()
@@ -197,15 +255,59 @@ class MlEcsStrategy(FedAvg):
             result.weights = {str(c.node_id): round(float(w), 4) for c, w in zip(accepted, final)}
         # Cloud step: SE-CCL toward the edge consensus, then new anchors.
         cons_ids, cons = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-        if comps.seccl and accepted:
-            weights = mma_weights(accepted, len(self.all_modalities), s.mma.beta)
-            cons_ids, cons = aggregate_representations(accepted, weights)
+        if s.exchange_representations and accepted:
+            weights = mma_weights(accepted, len(self.all_modalities), s.mma.beta, s.mma.clip_factor)
+            snap = self._snapshot
+            reps, mult, notes = bound_representations(
+                accepted, snap.anchor_ids, snap.anchors, s.mma.clip_factor, s.mma.disagreement
+            )
+            for node, note in notes.items():
+                log(INFO, "round %s: node %s: %s", n, node, note)
+            cons_ids, cons = aggregate_representations(accepted, weights * mult, reps)
         self.cloud.load_global(new_state)
         result.cloud = self.cloud.step(cons_ids, cons, n)
+        if comps.distill and new_state:
+            distilled, info = self.cloud.distill(n)
+            new_state = {k: distilled[k] for k in new_state}
+            result.cloud.update(info)
         if comps.seccl:
             self._snapshot.anchor_ids, self._snapshot.anchors = self.cloud.representations()
+        elif comps.rep_exchange and len(cons_ids):
+            self._snapshot.anchor_ids, self._snapshot.anchors = cons_ids, cons
         metrics = MetricRecord({"accepted": len(accepted), "rejected": len(result.rejected)})
         return (to_record(new_state) if new_state else ArrayRecord()), metrics
+
+    def _mma(self, accepted: list[Contribution], n: int) -> tuple[State, np.ndarray]:
+        """MMA (or, for methods without it, FedAvg) of the shared deltas; clipped ones logged."""
+        s, comps = self.settings, self.settings.components
+        beta = s.mma.beta if comps.mma else 0.0
+        clip = s.mma.clip_factor if comps.mma else 0.0
+        dis = s.mma.disagreement if comps.mma else 0.0
+        weights = mma_weights(accepted, len(self.all_modalities), beta, clip)
+        delta, final, scales = aggregate_shared(accepted, weights, clip, dis)
+        for c, scale in zip(accepted, scales):
+            if scale < 1:
+                log(INFO, "round %s: update of node %s clipped (x%.3g)", n, c.node_id, scale)
+        return delta, final
+
+    def _private_aggregate(self, accepted: list[Contribution], n: int) -> tuple[State, dict]:
+        """Central DP: clipped deltas, equal weights, Gaussian noise; the privacy spent."""
+        s = self.settings
+        if self._dp is None:
+            population = len(self._round.sent) if self._round else len(accepted)
+            self._dp = CentralDp(s.dp, population, self._snapshot.dp_releases)
+        rng = np.random.default_rng([s.seed, 9973, n])
+        delta, info = self._dp.aggregate([c.delta for c in accepted], rng)
+        self._snapshot.dp_releases = list(self._dp.releases)
+        if "dp_epsilon" in info:
+            log(
+                INFO,
+                "round %s: privacy spent epsilon %.3f at delta %g",
+                n,
+                info["dp_epsilon"],
+                s.dp.delta,
+            )
+        return delta, info
 
     # --------------------------------------------------------------- evaluate
     def configure_evaluate(
@@ -220,12 +322,19 @@ class MlEcsStrategy(FedAvg):
         every = self.settings.strategy.evaluate_every
         if every == 0 or n % every:
             return []
-        messages = list(super().configure_evaluate(n, arrays, config, grid))
-        if messages:
-            packed: PackedState = pack_global(from_record(arrays), self.settings.transport.dtype)
-            for msg in messages:
-                msg.content = instruction(packed, config)
-                self.ledger.add_down(msg.metadata.dst_node_id, msg.content)
+        st = self.settings.strategy
+        nodes = sample_devices(
+            grid, st.fraction_evaluate, st.min_nodes, st.round_timeout, n, "evaluation"
+        )
+        if not nodes:
+            return []
+        config[SERVER_ROUND] = n
+        packed: PackedState = pack_global(from_record(arrays), self.settings.transport.dtype)
+        messages = []
+        for node in nodes:
+            content = instruction(packed, config)
+            messages.append(Message(content, message_type=MessageType.EVALUATE, dst_node_id=node))
+            self.ledger.add_down(node, content)
         return messages
 
     def aggregate_evaluate(

@@ -101,7 +101,11 @@ class Trainer:
         return out
 
     def load_state(self, state: State) -> None:
-        """Restore what :meth:`state` returned (entries of unknown parameters are ignored)."""
+        """Restore what :meth:`state` returned (entries of unknown parameters are ignored).
+
+        Whatever the optimiser held before is dropped first.
+        """
+        self.opt.state.clear()
         by_name = {self._names[id(p)]: p for g in self.opt.param_groups for p in g["params"]}
         for key, value in state.items():
             if not key.startswith(OPT) or not key.endswith("/step"):

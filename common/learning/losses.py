@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from common.learning.contrastive import ccl_loss, volume_infonce
 from common.model.multimodal import Batch
@@ -61,5 +62,18 @@ def anchor_term(
         return weight * volume_infonce(
             anchor, z[rows].unsqueeze(1), None, cfg.temperature, cfg.label_smoothing
         )
+
+    return term
+
+
+def proximal_term(params: list[nn.Parameter], mu: float) -> ExtraLoss:
+    """FedProx: ``mu / 2 * sum ||p - p0||^2`` over ``params``, ``p0`` their values now.
+
+    Build it when local training starts, so ``p0`` is the received global state.
+    """
+    start = [p.detach().clone() for p in params]
+
+    def term(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return 0.5 * mu * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start))
 
     return term

@@ -157,8 +157,9 @@ def load_local(path: str) -> Backbone:
     p = Path(path).expanduser()
     if not (p / "config.json").exists():
         raise ConfigError(
-            f"config key 'model.backbone' = {path!r}: not 'tiny' and not a local "
-            "Hugging Face model directory (no config.json there)"
+            f"config key 'model.backbone' = {path!r}: not 'tiny', not a packaged model "
+            "('smollm2-135m', 'gemma3-270m') and not a local Hugging Face model directory "
+            "(no config.json there)"
         )
     tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
     if tok.pad_token is None:

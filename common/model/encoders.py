@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from common.data.samples import ModalitySpec
+from common.model.pretrained_encoders import PRETRAINED_ENCODERS, build_pretrained_encoder
 
 # Sensor windows are pooled to this many steps before the MLP, so its size does not
 # grow with the window length.
@@ -170,6 +171,8 @@ def build_encoder(
     torch.nn.Module
         Maps a batch of that modality to ``(B, out_dim)``.
     """
+    if (spec.kind, kind) in PRETRAINED_ENCODERS:
+        return build_pretrained_encoder(spec, kind, out_dim)
     table: dict[tuple[str, str], type[nn.Module]] = {
         ("sensor", "mlp"): SensorMLP,
         ("sensor", "cnn1d"): SensorCNN,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import copy
+import logging
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,7 +15,11 @@ from common.data.views import task_info
 from common.model.backbone import Backbone, build_tiny, load_local
 from common.model.encoders import encoder_kind
 from common.model.multimodal import MultimodalLM
+from common.model.pretrained import converted_dir, is_pretrained
+from common.model.sharing import freeze, frozen_copy
 from common.settings import ModelSettings, RunSettings, TinyBackboneSettings
+
+logger = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4)
@@ -26,27 +31,37 @@ def _tiny(
     cache: str,
     seed: int,
 ) -> Backbone:
-    return build_tiny(cfg, list(answers), list(texts), prompt, Path(cache), seed)
+    base = build_tiny(cfg, list(answers), list(texts), prompt, Path(cache), seed)
+    return Backbone(freeze(base.model), base.tokenizer)
 
 
 @lru_cache(maxsize=2)
 def _local(path: str) -> Backbone:
-    return load_local(path)
+    start = time.perf_counter()
+    base = load_local(path)
+    logger.info("backbone %s loaded in %.2f s", path, time.perf_counter() - start)
+    return Backbone(freeze(base.model), base.tokenizer)
 
 
 def backbone_for(settings: RunSettings, task: TaskInfo, spec: str) -> Backbone:
-    """A fresh copy of the backbone named by ``spec`` ("tiny" or a local path).
+    """A model's own copy of the backbone named by ``spec``.
 
-    The loaded original is cached per process: many virtual devices share an
-    actor in simulation, and loading once saves seconds per device.
+    ``spec`` is ``"tiny"``, a packaged pretrained model (``smollm2-135m``,
+    ``gemma3-270m``; converted once into the cache directory) or a local
+    Hugging Face directory. The loaded original is cached per process, and every
+    copy shares its frozen weights (:func:`~common.model.sharing.frozen_copy`):
+    many virtual devices share an actor in simulation, and each adds only its
+    own adapters.
     """
     if spec == "tiny":
         cfg = settings.model.tiny
         cache = str(cache_root(settings))
         base = _tiny(cfg, tuple(task.answers), tuple(task.texts), task.prompt, cache, settings.seed)
+    elif is_pretrained(spec):
+        base = _local(str(converted_dir(spec, cache_root(settings))))
     else:
         base = _local(spec)
-    return Backbone(copy.deepcopy(base.model), base.tokenizer)
+    return Backbone(frozen_copy(base.model), base.tokenizer)
 
 
 def device_torch(settings: RunSettings) -> torch.device:
@@ -56,6 +71,15 @@ def device_torch(settings: RunSettings) -> torch.device:
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but no CUDA device is available")
     return torch.device(settings.device)
+
+
+def place(settings: RunSettings, model: MultimodalLM) -> MultimodalLM:
+    """Move ``model`` to its device; on CUDA it runs in bf16 autocast (``train.autocast``)."""
+    dev = device_torch(settings)
+    model.autocast = (
+        settings.train.autocast and dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    return model.to(dev)
 
 
 def _encoder_choices(m: ModelSettings) -> dict[str, tuple[str, ...]]:
@@ -93,7 +117,7 @@ def edge_model(
         task.prompt,
         shared_seed(settings),
     )
-    return model.to(device_torch(settings))
+    return place(settings, model)
 
 
 def reference_edge_model(settings: RunSettings) -> MultimodalLM:
@@ -122,7 +146,7 @@ def cloud_model(settings: RunSettings, task: TaskInfo | None = None) -> Multimod
         shared_seed(settings),
         private_adapter=True,
     )
-    return model.to(device_torch(settings))
+    return place(settings, model)
 
 
 def shared_seed(settings: RunSettings) -> int:

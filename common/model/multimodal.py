@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,6 +117,8 @@ class MultimodalLM(nn.Module):
         )
         freeze_all(backbone.model)
         self.lm = add_adapters(backbone.model, lora, private=private_adapter)
+        # bf16 autocast for training and generation (set on CUDA by the factory).
+        self.autocast = False
         tok = self.tokenizer
         self.register_buffer(
             "prompt_ids",
@@ -127,6 +130,12 @@ class MultimodalLM(nn.Module):
     def device(self) -> torch.device:
         return self.prompt_ids.device
 
+    def precision(self) -> AbstractContextManager:
+        """bf16 autocast on the model's device when :attr:`autocast` is set, else nothing."""
+        if self.autocast:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
     # ----------------------------------------------------------------- batching
     def make_batch(self, data: SampleSet, index: np.ndarray) -> Batch:
         """Collate ``data[index]`` for this model (held modalities only)."""
@@ -135,7 +144,10 @@ class MultimodalLM(nn.Module):
         inputs: dict[str, torch.Tensor] = {}
         for s in self.specs:
             values = data.inputs[s.name][index]
-            if s.kind == "text":
+            own_tokenizer = getattr(self.encoders[s.name], "tokenize", None)
+            if s.kind == "text" and own_tokenizer is not None:  # e.g. MiniLM's WordPiece
+                inputs[s.name] = own_tokenizer([str(v) for v in values]).to(dev)
+            elif s.kind == "text":
                 enc = tok(
                     [str(v) for v in values],
                     padding="max_length",
@@ -176,15 +188,41 @@ class MultimodalLM(nn.Module):
         z : torch.Tensor
             ``(B, fused_dim)``.
         """
-        feats = {m: self.encoders[m](batch.inputs[m]) for m in self.held}
-        e = self.connector.embed(feats)
-        return e, self.connector.fuse(e, batch.mask)
+        with self.precision():
+            feats = {m: self.encoders[m](batch.inputs[m]) for m in self.held}
+            e = self.connector.embed(feats)
+            z = self.connector.fuse(e, batch.mask)
+        return e.float(), z.float()
 
     def _prefix(self, z: torch.Tensor) -> torch.Tensor:
         """``[soft K | prompt P]`` embeddings, ``(B, K + P, H)``."""
         emb = self.lm.get_input_embeddings()
         prompt = emb(self.prompt_ids).unsqueeze(0).expand(z.shape[0], -1, -1)
         return torch.cat([self.connector.prompt(z).to(prompt.dtype), prompt], 1)
+
+    def target_logits(self, batch: Batch, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token logits at every target position (teacher forcing).
+
+        Returns
+        -------
+        logits : torch.Tensor
+            ``(B, T, V)``: row ``t`` predicts target token ``t``.
+        mask : torch.Tensor
+            ``(B, T)`` bool, True at real (not padded) target tokens.
+        """
+        prefix = self._prefix(z)
+        tgt = batch.target_ids
+        emb = self.lm.get_input_embeddings()(tgt.clamp(min=0))
+        attn = torch.cat(
+            [
+                torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device),
+                (tgt != -100).long(),
+            ],
+            1,
+        )
+        with self.precision():
+            logits = self.lm(inputs_embeds=torch.cat([prefix, emb], 1), attention_mask=attn).logits
+        return logits[:, prefix.shape[1] - 1 : -1].float(), tgt != -100
 
     def lm_loss(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the target tokens given soft prompt and task prompt."""
@@ -202,7 +240,9 @@ class MultimodalLM(nn.Module):
         labels = torch.cat(
             [torch.full(prefix.shape[:2], -100, dtype=torch.long, device=self.device), tgt], 1
         )
-        return self.lm(inputs_embeds=embeds, attention_mask=attn, labels=labels).loss
+        with self.precision():
+            loss = self.lm(inputs_embeds=embeds, attention_mask=attn, labels=labels).loss
+        return loss.float()
 
     @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int) -> list[str]:
@@ -211,12 +251,13 @@ class MultimodalLM(nn.Module):
         prefix = self._prefix(z)
         attn = torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device)
         tok = self.tokenizer
-        out = self.lm.generate(
-            inputs_embeds=prefix,
-            attention_mask=attn,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
+        with self.precision():
+            out = self.lm.generate(
+                inputs_embeds=prefix,
+                attention_mask=attn,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]

@@ -25,6 +25,7 @@ from common.atomic import read_npz, write_npz
 from common.model.adapters import PRIVATE, SHARED, adapter_state, load_adapter_state
 from common.model.connector import LowRankLinear
 from common.model.multimodal import MultimodalLM
+from common.model.pretrained_encoders import frozen_keys
 from common.settings import RunSettings
 from common.state import LORA, PROMPT, State, prefixed, select
 
@@ -32,10 +33,15 @@ ENC, CONN, PRIV, OWN_SHARED = "enc/", "conn/", "private/", "shared/"
 
 
 def module_state(module: nn.Module, prefix: str = "", only: tuple[str, ...] = ()) -> State:
-    """Copy a module's parameters and buffers (``only`` these names, if given) as numpy."""
+    """Copy a module's parameters and buffers (``only`` these names, if given) as numpy.
+
+    Frozen pretrained tensors (:func:`~common.model.pretrained_encoders.frozen_keys`)
+    are left out: every model loads them from their package.
+    """
     out: State = {}
+    skip = frozen_keys(module)
     for k, v in module.state_dict().items():
-        if only and k not in only:
+        if (only and k not in only) or k in skip:
             continue
         t = v.detach().cpu()
         t = t.float() if t.is_floating_point() else t
@@ -49,9 +55,12 @@ def load_module_state(
     """Load the ``prefix``-ed entries of ``state`` into ``module``.
 
     With ``strict=False`` a subset of the module's entries may be given, but
-    never an entry the module does not have.
+    never an entry the module does not have. Entries of frozen pretrained tensors
+    are neither expected nor loaded (other models share those tensors).
     """
+    skip = frozen_keys(module)
     own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    own = {k: v for k, v in own.items() if k not in skip}
     ref = module.state_dict()
     tensors = {
         k: torch.as_tensor(np.asarray(v)).to(ref[k].dtype)
@@ -62,7 +71,10 @@ def load_module_state(
     unknown = sorted(set(tensors) - set(ref))
     if unknown:
         raise ValueError(f"unexpected state entries {unknown[:3]}")
-    module.load_state_dict(tensors, strict=strict)
+    missing = sorted(set(ref) - set(tensors) - skip)
+    if strict and missing:
+        raise ValueError(f"missing state entries {missing[:3]}")
+    module.load_state_dict(tensors, strict=False)
 
 
 # ------------------------------------------------------------------------ shared
@@ -82,6 +94,13 @@ def shared_state(model: MultimodalLM) -> State:
     return shared_parts_state(model.lm, model.connector.to_prompt)
 
 
+def shareable(state: State, share_b: bool) -> State:
+    """The part of a shared state that travels: everything, or (FedSA) the A matrices only."""
+    if share_b:
+        return state
+    return {k: v for k, v in state.items() if "lora_A" in k}
+
+
 def load_shared_state(model: MultimodalLM, state: State) -> None:
     """Load the ``lora/`` and ``prompt/`` entries of ``state`` (those present) into ``model``."""
     lora = select(state, LORA)
@@ -99,7 +118,8 @@ def initial_global_state(settings: RunSettings, model: MultimodalLM) -> State:
     ``common.model.factory.reference_edge_model``); empty for methods that share
     nothing.
     """
-    return shared_state(model) if settings.components.federated else {}
+    comps = settings.components
+    return shareable(shared_state(model), comps.share_b) if comps.federated else {}
 
 
 # ------------------------------------------------------------------------- local

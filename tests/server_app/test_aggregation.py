@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from server_app.aggregation import (
-    Contribution,
     aggregate_representations,
     aggregate_shared,
-    check_contribution,
+    bound_representations,
     damp,
     mma_weights,
 )
+from server_app.contribution import Contribution, check_contribution
 
 MODS = ("acc", "gyro")
 REF = {
@@ -41,7 +41,7 @@ def test_mma_weights_hand_computed():
 
 def test_fedavg_when_no_damping():
     cs = [contrib(1, 1.0, 10, MODS), contrib(2, 4.0, 30, MODS)]
-    delta, w = aggregate_shared(cs, mma_weights(cs, 2, 0.0), 0.0, 0.0)
+    delta, w, _ = aggregate_shared(cs, mma_weights(cs, 2, 0.0), 0.0, 0.0)
     np.testing.assert_allclose(delta["lora/x.lora_A.weight"], 0.25 * 1 + 0.75 * 4)
     np.testing.assert_allclose(delta["prompt/lora_A"], 0.25 * 1 + 0.75 * 4)
     np.testing.assert_allclose(w, [0.25, 0.75])
@@ -51,7 +51,7 @@ def test_damping_sees_every_shared_tensor_of_a_device():
     # the prompt adapter alone disagrees: clipping and damping must see it
     cs = [contrib(i, 1.0, 10, MODS) for i in range(4)]
     cs[3].delta["prompt/lora_A"] = np.full((2, 2), -50.0, np.float32)
-    _, w = aggregate_shared(cs, mma_weights(cs, 2, 0.0), 2.0, 1.0)
+    _, w, _ = aggregate_shared(cs, mma_weights(cs, 2, 0.0), 2.0, 1.0)
     assert w[3] < 0.3 * w[0]
     np.testing.assert_allclose(w[:3], w[0])  # alike devices, alike weights
 
@@ -143,3 +143,48 @@ def test_representations_only_for_public_ids():
     assert any("not public" in p for p in _check(bad, public={1, 2, 3}))
     wrong = contrib(1, 0, 10, MODS, rep_ids=np.array([1]), reps=np.zeros((1, 5), np.float32))
     assert any("shape" in p for p in _check(wrong))
+
+
+def test_example_counts_are_capped_against_the_median():
+    cs = [contrib(1, 1.0, 10, MODS), contrib(2, 1.0, 20, MODS), contrib(3, 1.0, 10**9, MODS)]
+    w = mma_weights(cs, 2, 0.0, count_cap=2.0)
+    # the liar counts as 2 x median (20): 10, 20, 40 of 70
+    np.testing.assert_allclose(w, [10 / 70, 20 / 70, 40 / 70])
+    np.testing.assert_allclose(mma_weights(cs, 2, 0.0)[2], 1.0, atol=1e-6)  # uncapped: it rules
+
+
+def test_representations_are_clipped_and_contrary_devices_damped():
+    ref_ids = np.array([1, 2, 3])
+    ref = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
+    # two honest devices a little off the cloud's view, one far away and contrary
+    a = contrib(1, 0, 10, MODS, rep_ids=np.array([1, 2]), reps=ref[:2] + 0.1)
+    b = contrib(2, 0, 10, MODS, rep_ids=np.array([2, 3]), reps=ref[1:] - 0.1)
+    far = contrib(3, 0, 10, MODS, rep_ids=np.array([2, 3]), reps=-ref[1:] * 1e6)
+    reps, mult, notes = bound_representations([a, b, far], ref_ids, ref, 2.0, 1.0)
+    honest_dev = np.linalg.norm(np.full(2, 0.1))
+    # the far rows end within 2 x the median deviation of the cloud's rows
+    assert np.linalg.norm(reps[2] - ref[1:], axis=1).max() <= 2 * honest_dev * (1 + 1e-5)
+    np.testing.assert_allclose(reps[0], a.reps, rtol=1e-6)
+    assert mult[2] == pytest.approx(0.0, abs=1e-9) and mult[0] > 0.9
+    assert "clipped" in notes[3] and "away" in notes[3] and 1 not in notes
+    ids, z = aggregate_representations([a, b, far], np.full(3, 1 / 3) * mult, reps)
+    assert ids.tolist() == [1, 2, 3]
+    np.testing.assert_allclose(z[0], a.reps[0], rtol=1e-6)  # only device 1 sent id 1
+
+
+def test_counts_outside_the_example_count_are_rejected():
+    c = contrib(1, 0.5, 10, MODS, counts={"acc": 11, "gyro": -1})
+    problems = _check(c)
+    assert sum("outside [0, num-examples]" in p for p in problems) == 2
+
+
+def test_the_fast_cosines_equal_the_direct_ones():
+    from server_app.aggregation import _cosines_by_total, _cosines_direct
+
+    rng = np.random.default_rng(3)
+    vecs = [rng.normal(size=50) + (5 if i % 3 == 0 else 0) for i in range(12)]
+    scales = rng.uniform(0.5, 1.0, size=12)
+    weights = rng.dirichlet(np.ones(12))
+    np.testing.assert_allclose(
+        _cosines_by_total(vecs, scales, weights), _cosines_direct(vecs, scales, weights), atol=1e-10
+    )

@@ -11,7 +11,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client_app.app import app as client_app
-from client_app.local_state import KEY, load_local_state
+from client_app.local_state import KEY, DeviceStateError, load_local_state
 from common.settings import RunSettings
 from proto.records import ARRAYS, REPS, from_record, to_record
 from server_app.run import ServerRun
@@ -116,16 +116,23 @@ def test_private_state_persists_across_messages_and_restarts(grid_factory, tiny_
     )
     grid.send_and_receive(msgs)
     ctx = grid.contexts[101]
-    saved = load_local_state(ctx)
+    saved = load_local_state(ctx, settings, 0, server_round=2)
     # encoders, connector, optimiser moments and (AMT) the personal copy of the adapters
     assert {k.split("/")[0] for k in saved} == {"enc", "conn", "opt", "shared"}
+    # the file is keyed by run name and partition
+    assert (tmp_path / "dev" / "state" / "partition-0.npz").exists()
     # A restarted SuperNode has an empty context.state but the same state-dir.
     fresh = Context(1, 101, node_cfg, RecordDict(), config)
     assert KEY not in fresh.state.array_records
-    restored = load_local_state(fresh)
+    assert load_local_state(fresh, settings, 0, server_round=1) is None  # a new run starts afresh
+    restored = load_local_state(fresh, settings, 0, server_round=2)
     assert restored.keys() == saved.keys()
     for k in saved:
         np.testing.assert_array_equal(restored[k], saved[k])
+    # a corrupt file is named, never half-loaded
+    (tmp_path / "dev" / "state" / "partition-0.npz").write_bytes(b"not an npz")
+    with pytest.raises(DeviceStateError, match="partition-0.npz"):
+        load_local_state(fresh, settings, 0, server_round=2)
 
 
 def test_reply_that_contradicts_its_manifest_is_rejected(grid_factory, tiny_config, caplog):
@@ -163,7 +170,7 @@ def test_device_refuses_server_payload_that_contradicts_its_manifest(grid_factor
     assert replies[0].has_error() and "shape" in replies[0].error.reason
     assert not replies[1].has_error(), replies[1].error.reason
     bad_node = msgs[0].metadata.dst_node_id
-    assert load_local_state(grid.contexts[bad_node]) is None  # nothing applied or saved
+    assert KEY not in grid.contexts[bad_node].state.array_records  # nothing applied or saved
 
 
 def test_server_resumes_from_its_last_checkpoint(grid_factory, tiny_config):
@@ -232,7 +239,34 @@ def test_anchors_sent_only_for_the_devices_own_public_ids(grid_factory, tiny_con
         node = msg.metadata.dst_node_id
         ids = from_record(msg.content["anchors"])["ids"]
         assert len(ids) > 0 and set(ids.tolist()) <= set(
-            st.snapshot().node_public_ids[node].tolist()
+            st.snapshot().public_ids[st._node_partition[node]].tolist()
         )
     # every device got its own anchors, not a shared copy
     assert len({id(m.content) for m in msgs}) == len(msgs)
+
+
+def test_tensorboard_event_files_hold_the_round_metrics(grid_factory, tiny_config):
+    from tensorboardX.proto import event_pb2
+
+    config = {**tiny_config, "method": "fedit", "run-name": "tb", "log.tensorboard": True}
+    run, _, _ = run_federation(grid_factory, config)
+    files = list((run.recorder.dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert files
+    tags, data = set(), files[0].read_bytes()
+    pos = 0
+    while pos < len(data):  # TFRecord: length (8), crc (4), payload, crc (4)
+        n = int.from_bytes(data[pos : pos + 8], "little")
+        event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
+        tags.update(v.tag for v in event.summary.value)
+        pos += 16 + n
+    assert {"client/f1", "server/rouge_lsum", "comm/ratio"} <= tags
+
+
+def test_int8_transport_runs_and_sends_far_fewer_bytes(grid_factory, tiny_config):
+    base = {**tiny_config, "method": "mlecs", "num-server-rounds": 1}
+    _, _, f32 = run_federation(grid_factory, {**base, "run-name": "f32"})
+    _, _, i8 = run_federation(grid_factory, {**base, "run-name": "i8", "transport.dtype": "int8"})
+    assert i8["final"]["client_f1"] is not None
+    # (each array also carries its .npy header and, in int8, a scale: tiny tensors here)
+    for kind in ("bytes_lora_up", "bytes_lora_down", "bytes_reps_up"):
+        assert i8["comm"][kind] < 0.5 * f32["comm"][kind]

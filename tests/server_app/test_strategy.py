@@ -7,58 +7,24 @@ computed by hand. The cloud is a stand-in that records what it is given.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message
 from flwr.supercore.task_identity import TaskIdentity
 
-from common.data.samples import ModalitySpec
 from common.exchange import DeviceUpdate
 from common.settings import RunSettings
-from proto.messages import train_reply
+from proto.messages import read_instruction, train_reply
 from proto.records import from_record, to_record
 from server_app.strategy import MlEcsStrategy
+from tests.server_app.fakes import FUSED, MODS, FakeCloud, FakeGrid
 
-MODS = ("acc", "gyro")
 LORA_KEY = "lora/layer.lora_A.weight"
 PROMPT_KEY = "prompt/lora_B"
 REF = {
     LORA_KEY: np.zeros((2, 3), np.float32),
     PROMPT_KEY: np.zeros((2, 2), np.float32),
 }
-PUBLIC = (100, 101, 102, 103)
-FUSED = 4
-
-
-class FakeCloud:
-    """What the strategy needs of the cloud; records the consensus it is trained toward."""
-
-    def __init__(self) -> None:
-        self.task = SimpleNamespace(specs=tuple(ModalitySpec(m, "sensor", (8, 3)) for m in MODS))
-        self.public_ids = set(PUBLIC)
-        self.loaded: dict = {}
-        self.consensus = None
-
-    def load_global(self, state):
-        self.loaded = state
-
-    def step(self, ids, z, server_round):
-        self.consensus = (ids, z)
-        return {"server_loss": 0.5}
-
-    def representations(self):
-        ids = np.array(PUBLIC, np.int64)
-        return ids, np.arange(len(ids) * FUSED, dtype=np.float32).reshape(-1, FUSED)
-
-
-class FakeGrid:
-    def __init__(self, nodes):
-        self.nodes = list(nodes)
-
-    def get_node_ids(self):
-        return list(self.nodes)
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +57,7 @@ def reply(msg: Message, lora: float, n: int, mods, prompt=None, counts=None, rep
         modality_counts=counts or {m: n for m in mods},
         metrics={"loss": 1.0},
         partition_id=msg.metadata.dst_node_id,
+        round_token=read_instruction(msg.content).round_token,
     )
     return Message(train_reply(update), reply_to=msg)
 
@@ -157,7 +124,7 @@ def test_a_rejected_reply_leaves_the_others_average():
 
 def test_edge_consensus_and_anchors_follow_the_devices_public_ids():
     # Prepare: two devices send z^c for overlapping public ids
-    st = strategy("mlecs", **{"mma.beta": 0.0})
+    st = strategy("mlecs", **{"mma.beta": 0.0, "mma.disagreement": 0.0})
     msgs = instructions(st, nodes=(1, 2))
     z1, z2 = np.ones((2, FUSED), np.float32), np.full((2, FUSED), 3.0, np.float32)
     replies = [
@@ -183,3 +150,40 @@ def test_edge_consensus_and_anchors_follow_the_devices_public_ids():
     resumed = strategy("mlecs")
     resumed.restore(st.snapshot())
     assert resumed.round_number(1) == st.snapshot().server_round + 1
+
+
+def test_too_few_nodes_skip_the_round_after_the_timeout_instead_of_waiting():
+    import time
+
+    st = strategy("fedit", **{"strategy.min-nodes": 3, "strategy.round-timeout": 0.3})
+    start = time.monotonic()
+    msgs = st.configure_train(1, to_record(REF), ConfigRecord({}), FakeGrid((1, 2)))
+    assert list(msgs) == [] and time.monotonic() - start < 5
+    arrays, metrics = st.aggregate_train(1, [])
+    np.testing.assert_array_equal(from_record(arrays)[LORA_KEY], REF[LORA_KEY])  # unchanged
+    assert metrics["accepted"] == 0
+
+
+def test_fewer_accepted_updates_than_the_minimum_are_not_aggregated():
+    st = strategy("fedit", **{"strategy.min-nodes": 3})
+    msgs = instructions(st)
+    arrays, _ = st.aggregate_train(
+        1, [reply(msgs[1], 1.0, 10, MODS), reply(msgs[2], 2.0, 10, MODS)]
+    )
+    np.testing.assert_array_equal(from_record(arrays)[LORA_KEY], REF[LORA_KEY])
+    assert st.finish_round().missing == [3]
+
+
+def test_a_dead_nodes_error_reply_is_blamed_on_that_node_not_the_superlink():
+    from flwr.app import Error
+
+    st = strategy("fedit")
+    msgs = instructions(st)
+    for node, msg in msgs.items():  # as the Grid does when it pushes them
+        msg.metadata.__dict__["_message_id"] = f"m{node}"
+    dead = Message(Error(code=5, reason="Node Unavailable"), reply_to=msgs[2])
+    dead.metadata.__dict__["_src_node_id"] = 1  # the SuperLink answers for a dead node
+    st.aggregate_train(1, [reply(msgs[1], 1.0, 10, MODS), dead, reply(msgs[3], 1.0, 10, MODS)])
+    result = st.finish_round()
+    assert set(result.rejected) == {2} and "Node Unavailable" in result.rejected[2]
+    assert result.missing == []

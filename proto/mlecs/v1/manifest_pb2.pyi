@@ -40,7 +40,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PayloadManifest(_message.Message):
-    __slots__ = ("schema_version", "kind", "tensors", "modalities", "modality_counts", "public_ids", "role", "partition_id")
+    __slots__ = ("schema_version", "kind", "tensors", "modalities", "modality_counts", "public_ids", "role", "partition_id", "round_token")
     class ModalityCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class PayloadManifest(_message.Message):
     PUBLIC_IDS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PARTITION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_TOKEN_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     kind: PayloadKind
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
@@ -64,4 +65,5 @@ class PayloadManifest(_message.Message):
     public_ids: _containers.RepeatedScalarFieldContainer[int]
     role: SenderRole
     partition_id: int
-    def __init__(self, schema_version: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., modalities: _Optional[_Iterable[str]] = ..., modality_counts: _Optional[_Mapping[str, int]] = ..., public_ids: _Optional[_Iterable[int]] = ..., role: _Optional[_Union[SenderRole, str]] = ..., partition_id: _Optional[int] = ...) -> None: ...
+    round_token: str
+    def __init__(self, schema_version: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., modalities: _Optional[_Iterable[str]] = ..., modality_counts: _Optional[_Mapping[str, int]] = ..., public_ids: _Optional[_Iterable[int]] = ..., role: _Optional[_Union[SenderRole, str]] = ..., partition_id: _Optional[int] = ..., round_token: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""Benchmarks: documented commands that write JSON (not timed tests)."""

@@ -1,0 +1,75 @@
+"""Bytes on the wire per transport dtype, for SmolLM2-135M, and what each dtype costs.
+
+Usage::
+
+    python -m benchmarks.comm --out benchmarks/results/comm.json [--f1-seeds 0,1,2] [--no-f1]
+
+``bytes``: per device per round, by kind, and the ratio to the edge model's fp32
+parameter bytes, for SmolLM2-135M in the configuration of
+``conf/smollm2_comm.toml`` (no weights needed), for ``float32``, ``float16`` and
+``int8``. ``f1``: the default setting's tail client macro-F1 with each dtype
+(in-process runs, seeds given), and its relative cost against ``float32``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import write_text
+from common.run_config import read_toml_config
+from common.settings import RunSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+DTYPES = ("float32", "float16", "int8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure and write the JSON."""
+    from experiments.comm_report import report
+    from experiments.run import quiet, run_one
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--f1-seeds", default="0,1,2")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--no-f1", action="store_true")
+    args = p.parse_args(argv)
+    quiet()
+    base = read_toml_config(str(ROOT / "conf" / "smollm2_comm.toml"))
+    result: dict[str, dict] = {"bytes": {}, "f1": {}}
+    for dtype in DTYPES:
+        settings = RunSettings.from_run_config({**base, "transport.dtype": dtype})
+        result["bytes"][dtype] = report(settings, "smollm2-135m", public_share=58)
+        print(dtype, "ratio", result["bytes"][dtype]["ratio"], flush=True)
+    if not args.no_f1:
+        seeds = [int(s) for s in args.f1_seeds.split(",") if s]
+        for dtype in DTYPES:
+            tails = []
+            for seed in seeds:
+                config = {
+                    "transport.dtype": dtype,
+                    "seed": seed,
+                    "num-server-rounds": args.rounds,
+                    "output-dir": "/tmp/mlecs-bench/comm",
+                    "run-name": f"{dtype}-s{seed}-{int(time.time())}",
+                }
+                tails.append(run_one(config, 10)["tail"]["client_f1"])
+            result["f1"][dtype] = {
+                "seeds": seeds,
+                "tail_client_f1": tails,
+                "mean": float(np.mean(tails)),
+            }
+            print(dtype, "tail F1", result["f1"][dtype]["mean"], flush=True)
+        ref = result["f1"]["float32"]["mean"]
+        for dtype in DTYPES:
+            result["f1"][dtype]["relative_cost"] = (ref - result["f1"][dtype]["mean"]) / ref
+    write_text(args.out, json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Where a round's time goes: build/restore, training, evaluation, server step, aggregation.
+
+Usage::
+
+    python -m benchmarks.round_profile --out benchmarks/results/round_profile_tiny.json \
+        [--num-nodes 10] [--rounds 3] [--config FILE] [--set key=value ...]
+
+Runs the in-process federation (the real strategy and ClientApp handlers) with
+timers around each part and writes, per round on average: ``build_restore``
+(building or resetting a device from its state), ``train_compute`` (local
+training), ``eval_compute`` (device and cloud evaluation), ``server_step`` (the
+cloud's training, representations, distillation), ``aggregation`` (validation and
+MMA), ``other`` (serialisation, manifests, the Flower message layer, records) and
+``overhead_fraction`` = other / round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from contextlib import ExitStack
+from pathlib import Path
+from unittest import mock
+
+from common.atomic import write_text
+from common.run_config import parse_overrides, read_toml_config
+
+PARTS = {
+    "build_restore": [
+        "client_app.app._device",
+        "client_app.device.Device.restore",
+        "client_app.app.load_local_state",
+        "client_app.app.save_local_state",
+    ],
+    "train_compute": ["client_app.device.Device.train"],
+    "eval_compute": ["client_app.device.Device.evaluate", "server_app.cloud.Cloud.evaluate"],
+    "server_step": [
+        "server_app.cloud.Cloud.step",
+        "server_app.cloud.Cloud.representations",
+        "server_app.cloud.Cloud.distill",
+    ],
+    "aggregation": [
+        "server_app.strategy.check_contribution",
+        "server_app.strategy.aggregate_shared",
+        "server_app.strategy.bound_representations",
+        "server_app.strategy.aggregate_representations",
+        "server_app.strategy.mma_weights",
+    ],
+}
+
+
+def _timed(target: str, part: str, totals: dict[str, float]):
+    module, _, name = target.rpartition(".")
+    owner = __import__(module, fromlist=[name]) if "." in module else __import__(module)
+    if not hasattr(owner, name):  # a class attribute: "pkg.mod.Class.method"
+        mod, _, cls = module.rpartition(".")
+        owner = getattr(__import__(mod, fromlist=[cls]), cls)
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[part] += time.perf_counter() - start
+
+    return mock.patch.object(owner, name, wrapper)
+
+
+def profile(config: dict, num_nodes: int) -> dict:
+    """Run ``config`` in-process with timers; per-round seconds of each part."""
+    from client_app.app import app as client_app
+    from common.settings import RunSettings
+    from experiments.local_grid import InProcessGrid
+    from server_app.run import ServerRun
+
+    totals: dict[str, float] = defaultdict(float)
+    settings = RunSettings.from_run_config(config)
+    with ExitStack() as stack:
+        for part, targets in PARTS.items():
+            for target in targets:
+                stack.enter_context(_timed(target, part, totals))
+        run = ServerRun(settings)
+        grid = InProcessGrid(client_app, config, num_nodes)
+        totals.clear()  # setup (data, models, round 0) is not a round
+        start = time.perf_counter()
+        run.strategy.start(
+            grid=grid,
+            initial_arrays=__import__("proto.records", fromlist=["to_record"]).to_record(
+                run.initial_state
+            ),
+            num_rounds=settings.num_server_rounds,
+            timeout=settings.strategy.round_timeout,
+            evaluate_fn=run.end_round,
+        )
+        wall = time.perf_counter() - start
+    rounds = settings.num_server_rounds
+    out = {part: totals[part] / rounds for part in PARTS}
+    out["round"] = wall / rounds
+    out["other"] = max(0.0, out["round"] - sum(out[p] for p in PARTS))
+    out["overhead_fraction"] = out["other"] / out["round"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Profile and write the JSON."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--num-nodes", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--config")
+    p.add_argument("--set", action="append", default=[])
+    args = p.parse_args(argv)
+    config = read_toml_config(args.config) if args.config else {}
+    config.update(parse_overrides(args.set))
+    config.setdefault("output-dir", "/tmp/mlecs-bench")
+    config.setdefault("run-name", f"profile-{int(time.time())}")
+    config["num-server-rounds"] = args.rounds
+    result = {"config": config, "num_nodes": args.num_nodes, **profile(config, args.num_nodes)}
+    write_text(args.out, json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

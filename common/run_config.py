@@ -1,0 +1,62 @@
+"""Flat run configs: TOML override files and ``key=value`` overrides.
+
+Flower's run config is flat, with dotted kebab-case keys (``lora.rank``); these
+helpers read the files and command-line overrides that feed it, before
+:class:`common.settings.RunSettings` validates the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be run."""
+
+
+def flat_toml(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested TOML tables into Flower's dotted run-config keys."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flat_toml(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def read_toml_config(path: str) -> dict[str, Any]:
+    """A TOML override file (as ``flwr run --run-config file.toml`` takes) as a flat dict."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    with open(path, "rb") as f:
+        return flat_toml(tomllib.load(f))
+
+
+def parse_value(text: str) -> object:
+    """A command-line override value: int, float, ``true``/``false``, else the string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``["key=value", ...]`` as a flat run config.
+
+    Raises
+    ------
+    ConfigError
+        For an entry without ``=``.
+    """
+    out: dict[str, object] = {}
+    for kv in pairs:
+        if "=" not in kv:
+            raise ConfigError(f"override '{kv}' is not key=value")
+        key, value = kv.split("=", 1)
+        out[key.strip()] = parse_value(value.strip())
+    return out

@@ -1,0 +1,120 @@
+"""A device's training reply as the server uses it, and the checks it must pass first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.exchange import DeviceUpdate
+from common.state import SHARED_PREFIXES, State, nbytes
+
+
+@dataclass
+class Contribution:
+    """One device's parsed training reply.
+
+    Attributes
+    ----------
+    node_id : int
+        Flower node id of the sender.
+    delta : State
+        ``lora/...`` and ``prompt/...`` deltas.
+    num_examples : int
+        Samples the shared state was trained on.
+    modalities : tuple of str
+        The device's modality set.
+    modality_counts : dict of str to int
+        Present-sample count per held modality.
+    rep_ids, reps : numpy.ndarray
+        ``(N,)`` public ids and ``(N, F)`` fused representations.
+    """
+
+    node_id: int
+    delta: State
+    num_examples: int
+    modalities: tuple[str, ...]
+    modality_counts: dict[str, int]
+    rep_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    reps: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    @classmethod
+    def from_update(cls, node_id: int, update: DeviceUpdate) -> Contribution:
+        """The contribution of ``update`` (read from a validated reply) by ``node_id``."""
+        return cls(
+            node_id=node_id,
+            delta=update.delta,
+            num_examples=update.num_examples,
+            modalities=update.modalities,
+            modality_counts=update.modality_counts,
+            rep_ids=update.rep_ids,
+            reps=update.reps,
+        )
+
+
+def check_contribution(
+    c: Contribution,
+    reference: State,
+    all_modalities: tuple[str, ...],
+    fused_dim: int,
+    public_ids: set[int] | None,
+    max_bytes: int,
+) -> list[str]:
+    """Problems that make a contribution unusable (empty list = accepted).
+
+    Parameters
+    ----------
+    reference : State
+        The global state sent this round; the delta's keys must match it exactly.
+    public_ids : set of int, optional
+        Valid public sample ids for representations (None = not checked).
+    """
+    problems: list[str] = []
+    unknown = [m for m in c.modalities if m not in all_modalities]
+    if unknown or not c.modalities:
+        problems.append(f"unknown or empty modality set {list(c.modalities)}")
+    if c.num_examples <= 0:
+        problems.append(f"num-examples is {c.num_examples}")
+    for name, count in c.modality_counts.items():
+        if not 0 <= count <= max(c.num_examples, 0):
+            problems.append(f"count {count} of modality '{name}' outside [0, num-examples]")
+    size = nbytes(c.delta) + int(np.asarray(c.reps).nbytes)
+    if size > max_bytes:
+        problems.append(f"implausible size {size} bytes (limit {max_bytes})")
+    ref_keys = {k for k in reference if k.startswith(SHARED_PREFIXES)}
+    got_keys = {k for k in c.delta if k.startswith(SHARED_PREFIXES)}
+    if c.delta and ref_keys != got_keys:
+        extra, missing = sorted(got_keys - ref_keys), sorted(ref_keys - got_keys)
+        problems.append(f"shared keys differ (unexpected {extra[:2]}, missing {missing[:2]})")
+    for key, value in c.delta.items():
+        if not key.startswith(SHARED_PREFIXES):
+            problems.append(f"unexpected key '{key}'")
+            continue
+        ref = reference.get(key)
+        if ref is None:
+            problems.append(f"unexpected key '{key}'")
+            continue
+        arr = np.asarray(value)
+        if arr.dtype not in (np.float32, np.float16):
+            problems.append(f"'{key}' has dtype {arr.dtype}, expected float32/float16")
+        elif arr.shape != np.asarray(ref).shape:
+            problems.append(f"'{key}' has shape {arr.shape}, expected {np.asarray(ref).shape}")
+        elif not np.isfinite(arr).all():
+            problems.append(f"'{key}' has non-finite values")
+    problems.extend(_check_reps(c, fused_dim, public_ids))
+    return problems
+
+
+def _check_reps(c: Contribution, fused_dim: int, public_ids: set[int] | None) -> list[str]:
+    if len(c.rep_ids) == 0:
+        return []
+    reps = np.asarray(c.reps)
+    if reps.ndim != 2 or reps.shape != (len(c.rep_ids), fused_dim):
+        return [
+            f"representations have shape {reps.shape}, expected ({len(c.rep_ids)}, {fused_dim})"
+        ]
+    if not np.isfinite(reps).all():
+        return ["representations have non-finite values"]
+    if public_ids is not None and not set(map(int, c.rep_ids)) <= public_ids:
+        return ["representations for ids that are not public samples"]
+    return []

@@ -1,0 +1,83 @@
+"""FedCoLLM-style mutual distillation between the aggregated edge model and the cloud model.
+
+After the edge adapters are averaged, the server distils on its public data in
+both directions (Fan et al., FedCoLLM, 2024, in spirit): the cloud's own LoRA
+learns from the aggregated edge model's token distribution, and the aggregated
+edge adapters learn from the cloud's, before they go back to the devices. Both
+decoders read the same fused representation (the cloud's ``z^s``): the edge one
+is the backbone with the shared adapters only, the cloud one adds its own LoRA.
+Simplification: the edge model is the shared decoder on the cloud's encoders
+(the server has no device encoders), and both sides must share the backbone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.data.samples import SampleSet
+from common.model.adapters import PRIVATE, SHARED, adapter_parameters
+from common.model.multimodal import MultimodalLM
+
+
+def _kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher || student) over the masked target positions."""
+    t = F.log_softmax(teacher.detach(), -1)
+    s = F.log_softmax(student, -1)
+    kl = (t.exp() * (t - s)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def mutual_distillation(
+    model: MultimodalLM,
+    data: SampleSet,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """Distil edge -> cloud (the cloud's LoRA) and cloud -> edge (the shared adapters).
+
+    Updates ``model`` in place: its shared adapters (backbone LoRA and prompt
+    adapter) and its own LoRA. Returns the mean of both KL terms.
+    """
+    shared = [*adapter_parameters(model.lm, SHARED), *model.connector.shared_parameters()]
+    own = adapter_parameters(model.lm, PRIVATE)
+    opt_edge = torch.optim.AdamW(shared, lr=lr)
+    opt_cloud = torch.optim.AdamW(own, lr=lr)
+    base = model.lm.base_model
+    sums = {"distill_edge_to_cloud": 0.0, "distill_cloud_to_edge": 0.0}
+    model.train()
+    for p in [*shared, *own]:
+        p.requires_grad_(True)
+    try:
+        for _ in range(steps):
+            index = rng.choice(len(data), size=min(batch_size, len(data)), replace=False)
+            batch = model.make_batch(data, index)
+            with torch.no_grad():
+                _, z = model.represent(batch)
+            base.set_adapter([SHARED])
+            edge, mask = model.target_logits(batch, z)
+            base.set_adapter([SHARED, PRIVATE])
+            cloud, _ = model.target_logits(batch, z)
+            to_cloud, to_edge = _kl(cloud, edge, mask), _kl(edge, cloud, mask)
+            opt_cloud.zero_grad(set_to_none=True)
+            opt_edge.zero_grad(set_to_none=True)
+            # Each student learns only from its own loss (the teacher's side is detached).
+            grads = torch.autograd.grad(to_cloud, own, retain_graph=True, allow_unused=True)
+            for p, g in zip(own, grads):
+                p.grad = g
+            grads = torch.autograd.grad(to_edge, shared, allow_unused=True)
+            for p, g in zip(shared, grads):
+                p.grad = g
+            opt_cloud.step()
+            opt_edge.step()
+            sums["distill_edge_to_cloud"] += float(to_cloud.detach()) / steps
+            sums["distill_cloud_to_edge"] += float(to_edge.detach()) / steps
+    finally:
+        base.set_adapter([SHARED, PRIVATE])
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
+    return sums

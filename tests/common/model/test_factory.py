@@ -1,0 +1,69 @@
+"""Models of one process share their frozen backbone; precision follows the device."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from common.data.views import build_client_data
+from common.model.adapters import SHARED, adapter_parameters
+from common.model.factory import cloud_model, edge_model
+from common.settings import RunSettings
+
+
+def _base_weights(model) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.lm.named_parameters() if "lora_" not in n}
+
+
+def test_models_share_frozen_backbone_weights_but_not_adapters(tiny_config: dict):
+    # Prepare
+    s = RunSettings.from_run_config(tiny_config)
+    data = build_client_data(s, 0, 2)
+    # Execute
+    a = edge_model(s, data.modalities, 0)
+    b = edge_model(s, data.modalities, 1)
+    cloud = cloud_model(s)
+    # Assert: every frozen backbone tensor is one tensor in all three models
+    wa, wb, wc = _base_weights(a), _base_weights(b), _base_weights(cloud)
+    assert wa.keys() == wb.keys() and wa
+    for name, p in wa.items():
+        assert p is wb[name] and p.data_ptr() == wb[name].data_ptr(), name
+        assert p is wc[name]
+        assert not p.requires_grad
+    # ... while the LoRA adapters are separate tensors, and training one leaves the other
+    la, lb = adapter_parameters(a.lm, SHARED), adapter_parameters(b.lm, SHARED)
+    assert la and not {p.data_ptr() for p in la} & {p.data_ptr() for p in lb}
+    before = [p.detach().clone() for p in lb]
+    with torch.no_grad():
+        for p in la:
+            p.add_(1.0)
+    assert all(torch.equal(p, q) for p, q in zip(lb, before))
+    # and the two models still compute (different adapters give different logits)
+    batch = a.make_batch(data.train, np.arange(2))
+    _, z = a.represent(batch)
+    assert not torch.allclose(a.lm_loss(batch, z), b.lm_loss(batch, z))
+
+
+def test_autocast_is_off_on_cpu_and_runs_bf16_when_set(tiny_config: dict):
+    # Prepare
+    s = RunSettings.from_run_config(tiny_config)
+    data = build_client_data(s, 0, 2)
+    model = edge_model(s, data.modalities, 0)
+    batch = model.make_batch(data.train, np.arange(4))
+    # Assert: the factory enables autocast only on CUDA
+    assert s.train.autocast and not model.autocast
+    # Execute: force it on (CPU bf16 autocast stands in for CUDA here)
+    model.autocast = True
+    seen = []
+    hook = model.lm.get_base_model().lm_head.register_forward_hook(
+        lambda m, i, o: seen.append(o.dtype)
+    )
+    e, z = model.represent(batch)
+    loss = model.lm_loss(batch, z)
+    loss.backward()
+    texts = model.generate(batch, 2)
+    hook.remove()
+    # Assert: the LM ran in bf16; what leaves the model is float32
+    assert seen and set(seen) == {torch.bfloat16}
+    assert e.dtype == z.dtype == loss.dtype == torch.float32
+    assert len(texts) == 4
