@@ -17,6 +17,7 @@ MMA), ``other`` (serialisation, manifests, the Flower message layer, records) an
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import time
 from collections import defaultdict
@@ -53,10 +54,11 @@ PARTS = {
 
 def _timed(target: str, part: str, totals: dict[str, float]):
     module, _, name = target.rpartition(".")
-    owner = __import__(module, fromlist=[name]) if "." in module else __import__(module)
-    if not hasattr(owner, name):  # a class attribute: "pkg.mod.Class.method"
+    try:
+        owner = importlib.import_module(module)
+    except ModuleNotFoundError:  # a class attribute: "pkg.mod.Class.method"
         mod, _, cls = module.rpartition(".")
-        owner = getattr(__import__(mod, fromlist=[cls]), cls)
+        owner = getattr(importlib.import_module(mod), cls)
     original = getattr(owner, name)
 
     def wrapper(*args, **kwargs):

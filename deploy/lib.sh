@@ -13,6 +13,11 @@ if [[ -n "${MLECS_VENV:-}" ]]; then
     export PATH="$MLECS_VENV/bin:$PATH"
 fi
 
+# The script's header comment (after the shebang) is its usage text.
+usage() {
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+    exit "${1:-2}"
+}
 say() { echo "[$(basename "$0")] $*"; }
 die() { echo "[$(basename "$0")] error: $*" >&2; exit 2; }
 

@@ -16,11 +16,6 @@ set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/lib.sh"
 
-usage() {
-    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-    exit "${1:-2}"
-}
-
 CONNECTION=${MLECS_CONNECTION:-mlecs}
 ADDRESS=${MLECS_SUPERLINK_ADDRESS:-}
 CA=${MLECS_CA_CERT:-}

@@ -22,11 +22,6 @@ set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/lib.sh"
 
-usage() {
-    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-    exit "${1:-2}"
-}
-
 CERTS=${MLECS_CERTS_DIR:-certs}
 HOST=${MLECS_PROXY_HOST:-0.0.0.0}
 PORT=${MLECS_PROXY_PORT:-8000}

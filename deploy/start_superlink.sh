@@ -27,11 +27,6 @@ set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/lib.sh"
 
-usage() {
-    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-    exit "${1:-2}"
-}
-
 CERTS=${MLECS_CERTS_DIR:-certs}
 HOST=${MLECS_SUPERLINK_HOST:-127.0.0.1}
 PORT=${MLECS_SUPERLINK_PORT:-9093}

@@ -32,11 +32,6 @@ set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/lib.sh"
 
-usage() {
-    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-    exit "${1:-2}"
-}
-
 SUPERLINK=${MLECS_SUPERLINK:-127.0.0.1:8000}
 CA=${MLECS_CA_CERT:-certs/ca.crt}
 KEY=${MLECS_NODE_KEY:-}

@@ -13,11 +13,6 @@ set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/lib.sh"
 
-usage() {
-    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-    exit "${1:-2}"
-}
-
 [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] && usage 0
 [[ $# -ge 3 ]] || usage
 NAME=$1 ADDRESS=$2 CA=$3

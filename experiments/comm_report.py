@@ -1,9 +1,11 @@
 """Communication accounting for an edge model, without training.
 
 Builds the payloads one device exchanges per round, with the same records and
-ledger the strategy uses (global state down for training and for evaluation,
-shared delta up, SE-CCL representations both ways, metrics), and prints the bytes
-and their ratio to the edge model's parameter bytes.
+ledger the strategy uses (global state down, shared delta up, SE-CCL
+representations both ways, metrics and the device's evaluation in the train reply;
+a separate evaluation exchange too when ``strategy.evaluate-every`` > 0, counted as
+if it ran every round), and prints the bytes and their ratio to the edge model's
+parameter bytes.
 
 Usage::
 
@@ -86,6 +88,7 @@ def report(settings: RunSettings, backbone_name: str, public_share: int) -> dict
     n = public_share if comps.seccl else 0
     ids, z = np.arange(n, dtype=np.int64), np.zeros((n, m.fused_dim), np.float32)
     packed = pack_global(state, dtype)
+    scores = {"rouge_lsum": 0.0, "bertscore_f1": 0.0, "f1": 0.0, "num_examples": 1.0}
     config = ConfigRecord({"server-round": 1})
     update = DeviceUpdate(
         delta=state,
@@ -96,12 +99,14 @@ def report(settings: RunSettings, backbone_name: str, public_share: int) -> dict
         modality_counts={name: 1 for name in modalities},
         metrics={"shared_loss_lm": 0.0, "shared_loss_total": 0.0, "private_loss_lm": 0.0},
         partition_id=0,
+        evaluation=scores,
     )
     ledger = Ledger()
     ledger.add_down(0, instruction(packed, config, (ids, z) if n else None, dtype))
-    ledger.add_down(0, instruction(packed, config))
     ledger.add_up(0, train_reply(update, dtype))
-    ledger.add_up(0, evaluate_reply({"rouge_lsum": 0.0, "bertscore_f1": 0.0, "f1": 0.0}, 1))
+    if settings.strategy.evaluate_every:
+        ledger.add_down(0, instruction(packed, config))
+        ledger.add_up(0, evaluate_reply(scores, 1))
     out = ledger.summary(edge_params * 4)
     out.update(
         edge_model_params=edge_params,

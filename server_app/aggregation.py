@@ -49,8 +49,8 @@ def damp(
 
     Parameters
     ----------
-    vectors : list of numpy.ndarray
-        Flattened updates, one per device.
+    vectors : list of numpy.ndarray or numpy.ndarray
+        Flattened updates, one per device (or stacked, ``(n, d)``).
     weights : numpy.ndarray
         ``(n,)`` normalised weights.
     clip_factor : float
@@ -68,7 +68,10 @@ def damp(
         ``(n,)`` renormalised weights after the disagreement multiplier.
     """
     n = len(vectors)
-    norms = np.array([np.linalg.norm(v) for v in vectors])
+    if isinstance(vectors, np.ndarray):  # (n, d), many devices: one pass of BLAS
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    else:
+        norms = np.array([np.linalg.norm(v) for v in vectors])
     scales = np.ones(n)
     if clip_factor > 0 and n > 1:
         limit = clip_factor * np.median(norms)
@@ -103,6 +106,15 @@ def _cosines_direct(vectors, scales, weights) -> np.ndarray:
 
 def _cosines_by_total(vectors, scales, weights) -> np.ndarray:
     """``cos(others_i, c_i)`` with ``others_i = T - w_i c_i`` and ``T = sum_j w_j c_j``."""
+    if isinstance(vectors, np.ndarray):  # stacked (n, d): matrix-vector products
+        total = (weights * scales) @ vectors
+        tt = float(total @ total)
+        tc = scales * (vectors @ total)
+        cc = scales**2 * np.einsum("ij,ij->i", vectors, vectors)
+        others_sq = np.maximum(tt - 2 * weights * tc + weights**2 * cc, 0.0)
+        denom = np.sqrt(others_sq * cc)
+        safe = np.where(denom > 0, denom, 1.0)
+        return np.where(denom > 0, (tc - weights * cc) / safe, 1.0)
     total = np.zeros_like(np.asarray(vectors[0], np.float64))
     for v, s, wj in zip(vectors, scales, weights):
         total += (wj * s) * np.asarray(v, np.float64)
@@ -137,6 +149,8 @@ def aggregate_shared(
     keys = sorted(k for k in contribs[0].delta if k.startswith(SHARED_PREFIXES))
     if not keys:
         return {}, weights, np.ones(len(contribs))
+    if len(contribs) > _DIRECT_MAX:
+        return _aggregate_stacked(contribs, keys, weights, clip_factor, disagreement)
     vectors = [_flat(c.delta, keys) for c in contribs]
     scales, w = damp(vectors, weights, clip_factor, disagreement)
     out: State = {}
@@ -145,6 +159,32 @@ def aggregate_shared(
             w[i] * scales[i] * np.asarray(c.delta[k], np.float64) for i, c in enumerate(contribs)
         )
         out[k] = np.asarray(acc, np.float32)
+    return out, w, scales
+
+
+def _aggregate_stacked(
+    contribs: list[Contribution],
+    keys: list[str],
+    weights: np.ndarray,
+    clip_factor: float,
+    disagreement: float,
+) -> tuple[State, np.ndarray, np.ndarray]:
+    """:func:`aggregate_shared` for many devices: the deltas stacked as one ``(n, d)`` matrix.
+
+    Equal to the per-key path up to rounding, in a few BLAS passes over the matrix
+    (100 devices of SmolLM2-135M adapters: 48 M values) instead of thousands of
+    small array operations.
+    """
+    shapes = [np.shape(contribs[0].delta[k]) for k in keys]
+    sizes = [int(np.prod(sh)) for sh in shapes]
+    stacked = np.empty((len(contribs), sum(sizes)), np.float64)
+    for i, c in enumerate(contribs):
+        stacked[i] = _flat(c.delta, keys)
+    scales, w = damp(stacked, weights, clip_factor, disagreement)
+    flat = (w * scales) @ stacked
+    out: State = {}
+    for k, sh, part in zip(keys, shapes, np.split(flat, np.cumsum(sizes)[:-1])):
+        out[k] = part.reshape(sh).astype(np.float32)
     return out, w, scales
 
 

@@ -19,6 +19,7 @@ def sample_devices(
     timeout: float,
     server_round: int,
     what: str = "training",
+    seed: int = 0,
 ) -> list[int]:
     """Sample ``fraction`` of the connected nodes, once at least ``min_nodes`` are connected.
 
@@ -36,6 +37,9 @@ def sample_devices(
         Below this many connected nodes the round is skipped.
     timeout : float
         Seconds to wait for ``min_nodes`` to connect.
+    seed : int
+        The run's seed: the sample depends only on it, the round and ``what`` (no
+        global RNG), so a resumed run samples as the uninterrupted one would.
 
     Returns
     -------
@@ -69,4 +73,4 @@ def sample_devices(
         )
         return []
     size = min(len(nodes), max(int(len(nodes) * fraction), min_nodes))
-    return sorted(random.sample(nodes, size))
+    return sorted(random.Random(f"{seed}:{server_round}:{what}").sample(nodes, size))

@@ -135,7 +135,9 @@ class MlEcsStrategy(FedAvg):
         config[SERVER_ROUND] = n
         config[ROUND_TOKEN] = token  # devices echo it: replies from elsewhere are refused
         st = self.settings.strategy
-        nodes = sample_devices(grid, st.fraction_train, st.min_nodes, st.round_timeout, n)
+        nodes = sample_devices(
+            grid, st.fraction_train, st.min_nodes, st.round_timeout, n, seed=self.settings.seed
+        )
         dtype = self.settings.transport.dtype
         packed = pack_global(work.reference, dtype)
         for node in nodes:
@@ -324,7 +326,13 @@ class MlEcsStrategy(FedAvg):
             return []
         st = self.settings.strategy
         nodes = sample_devices(
-            grid, st.fraction_evaluate, st.min_nodes, st.round_timeout, n, "evaluation"
+            grid,
+            st.fraction_evaluate,
+            st.min_nodes,
+            st.round_timeout,
+            n,
+            "evaluation",
+            seed=self.settings.seed,
         )
         if not nodes:
             return []

@@ -188,3 +188,33 @@ def test_the_fast_cosines_equal_the_direct_ones():
     np.testing.assert_allclose(
         _cosines_by_total(vecs, scales, weights), _cosines_direct(vecs, scales, weights), atol=1e-10
     )
+
+
+def test_many_devices_aggregate_as_the_per_key_path_does():
+    """Beyond _DIRECT_MAX devices the stacked-matrix path gives the reference result."""
+    import server_app.aggregation as agg
+
+    rng = np.random.default_rng(4)
+    n = agg._DIRECT_MAX + 8
+    contribs = []
+    for i in range(n):
+        delta = {
+            "lora/x.lora_A.weight": rng.normal(size=(2, 3)).astype(np.float32),
+            "lora/x.lora_B.weight": rng.normal(size=(3, 2)).astype(np.float32) * (i + 1),
+            "prompt/lora_A": rng.normal(size=(2, 2)).astype(np.float32) + (i % 4 == 0),
+        }
+        contribs.append(Contribution(i, delta, 10 + i, MODS, {m: 10 + i for m in MODS}))
+    weights = mma_weights(contribs, 2, 1.0, 2.0)
+    fast, w_fast, s_fast = aggregate_shared(contribs, weights, 2.0, 1.0)
+    old_max = agg._DIRECT_MAX
+    agg._DIRECT_MAX = n  # force the per-key path with the direct cosines
+    try:
+        ref, w_ref, s_ref = aggregate_shared(contribs, weights, 2.0, 1.0)
+    finally:
+        agg._DIRECT_MAX = old_max
+    np.testing.assert_allclose(w_fast, w_ref, rtol=1e-9)
+    np.testing.assert_allclose(s_fast, s_ref, rtol=1e-12)
+    assert fast.keys() == ref.keys()
+    for k in ref:
+        assert fast[k].shape == ref[k].shape and fast[k].dtype == np.float32
+        np.testing.assert_allclose(fast[k], ref[k], rtol=1e-5, atol=1e-7)
