@@ -3,7 +3,11 @@
 Usage::
 
     python -m benchmarks.round_profile --out benchmarks/results/round_profile_tiny.json \
-        [--num-nodes 10] [--rounds 3] [--config FILE] [--set key=value ...]
+        [--num-nodes 10] [--rounds 3] [--config FILE] [--set key=value ...] [--smollm2]
+
+``--smollm2`` puts the SmolLM2-135M architecture (random weights,
+``benchmarks.smollm2``) in as the devices' and the cloud's backbone, with LoRA
+r=8 on ``q_proj,v_proj``.
 
 Runs the in-process federation (the real strategy and ClientApp handlers) with
 timers around each part and writes, per round on average: ``build_restore``
@@ -30,10 +34,10 @@ from common.run_config import parse_overrides, read_toml_config
 
 PARTS = {
     "build_restore": [
-        "client_app.app._device",
+        "client_app.handlers._device",
         "client_app.device.Device.restore",
-        "client_app.app.load_local_state",
-        "client_app.app.save_local_state",
+        "client_app.handlers.load_local_state",
+        "client_app.handlers.save_local_state",
     ],
     "train_compute": ["client_app.device.Device.train"],
     "eval_compute": ["client_app.device.Device.evaluate", "server_app.cloud.Cloud.evaluate"],
@@ -114,9 +118,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--smollm2", action="store_true", help="SmolLM2-135M-shaped backbone")
     args = p.parse_args(argv)
     config = read_toml_config(args.config) if args.config else {}
     config.update(parse_overrides(args.set))
+    if args.smollm2:
+        from benchmarks.smollm2 import smollm2_dir
+        from common.settings import RunSettings
+
+        path = smollm2_dir(RunSettings.from_run_config(config))
+        config.update({"model.backbone": str(path), "lora.rank": 8})
+        config.update({"lora.targets": "q_proj,v_proj"})
     config.setdefault("output-dir", "/tmp/mlecs-bench")
     config.setdefault("run-name", f"profile-{int(time.time())}")
     config["num-server-rounds"] = args.rounds

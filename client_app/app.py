@@ -1,90 +1,38 @@
-"""ClientApp: thin handlers translating Flower messages to a Device round."""
+"""ClientApp: thin handlers that hand a message's content to the device's round.
+
+The learning work is in :mod:`client_app.handlers`; on a node whose config sets
+``warm-worker=true`` it runs in the node's long-lived worker
+(:mod:`client_app.worker`), so this process imports neither torch nor the models.
+"""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from client_app.device import Device, DeviceIdentity
-from client_app.local_state import load_local_state, save_local_state
-from common.exchange import GlobalPayload
-from common.reproducibility import pin
-from common.settings import RunSettings
-from proto.messages import evaluate_reply, read_instruction, train_reply
+from client_app import worker
 
 app = ClientApp()
-
-# Devices built in this process, reused for their next message (simulation runs many
-# messages per process; a deployment ClientApp process serves one message).
-_DEVICES: OrderedDict[tuple, Device] = OrderedDict()
-_MAX_DEVICES = 128
-
-
-def _open_device(msg: Message, context: Context) -> tuple[Device, GlobalPayload]:
-    settings = RunSettings.from_run_config(context.run_config)
-    pin(settings)
-    # Validate everything received against its manifest before touching the model.
-    payload = read_instruction(msg.content)
-    ident = identity_from_node_config(context.node_config)
-    local = load_local_state(context, settings, ident.partition_id, payload.server_round)
-    device = _device(settings, ident, reuse=local is not None)
-    device.restore(local, payload)
-    return device, payload
-
-
-def _device(settings: RunSettings, ident: DeviceIdentity, reuse: bool) -> Device:
-    """The device for ``ident``, built once per process and reset from its state afterwards.
-
-    A device is reused only when it has saved state to restore, which overwrites
-    everything that trains (encoders, connector, adapters, optimiser); its first
-    message always builds it afresh.
-    """
-    key = (settings, ident)
-    device = _DEVICES.get(key) if reuse else None
-    if device is None:
-        device = Device(settings, ident)
-        _DEVICES[key] = device
-        if len(_DEVICES) > _MAX_DEVICES:
-            _DEVICES.popitem(last=False)
-    _DEVICES.move_to_end(key)
-    return device
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local AMT / fine-tuning; reply with the shared-state delta and z^c."""
-    # Load settings, data, model and this device's persisted state
-    device, payload = _open_device(msg, context)
-    # Train, keep the private state, score the personal model, reply with the update
-    update = device.train(payload, payload.server_round)
-    save_local_state(context, device.settings, device.ident.partition_id, device.local_state())
-    update.evaluation = device.evaluate()
-    return Message(train_reply(update, device.settings.transport.dtype), reply_to=msg)
+    """Local AMT / fine-tuning; reply with the shared-state delta, z^c and scores."""
+    return Message(_handle("train", msg.content, context), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the personal model (global shared + private state) on the test split."""
-    device, _ = _open_device(msg, context)
-    result = device.evaluate()
-    num_examples = int(result.pop("num_examples"))
-    return Message(evaluate_reply(result, num_examples), reply_to=msg)
+    return Message(_handle("evaluate", msg.content, context), reply_to=msg)
 
 
-def identity_from_node_config(node_config: dict) -> DeviceIdentity:
-    """Partition and optional modality set from the node config.
+def _handle(kind: str, content: RecordDict, context: Context) -> RecordDict:
+    if worker.enabled(context.node_config):
+        reply = worker.handle(kind, content, context)
+        if reply is not None:
+            return reply
+    from client_app import handlers  # torch, transformers, peft: only when needed here
 
-    Simulation injects ``partition-id`` and ``num-partitions``; on an edge box
-    ``flower-supernode --node-config`` may also give ``modalities="acc,gyro"``.
-    """
-    try:
-        pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
-    except KeyError as err:
-        raise ValueError(
-            f"node config lacks {err}; pass --node-config 'partition-id=.. num-partitions=..'"
-        ) from None
-    mods = node_config.get("modalities")
-    held = tuple(m.strip() for m in str(mods).split(",") if m.strip()) if mods else None
-    return DeviceIdentity(pid, n, held)
+    run = handlers.run_train if kind == "train" else handlers.run_evaluate
+    return run(content, context)

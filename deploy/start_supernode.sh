@@ -14,6 +14,10 @@
 #   --state-dir DIR         optional: keep device state on disk so it survives a
 #                           SuperNode restart                            [MLECS_STATE_DIR]
 #   --node-config "k=v .."  optional: more node config (TOML values)     [MLECS_NODE_CONFIG_EXTRA]
+#   --no-warm-worker        start a fresh process per message instead of keeping the
+#                           device in a warm worker (client_app/worker.py) [MLECS_WARM_WORKER=0]
+#   --worker-idle SECONDS   a warm worker exits after this long without a message
+#                                                                        [MLECS_WORKER_IDLE, 900]
 #   --port PORT             local ClientAppIo (Runtime API) port on 127.0.0.1; every
 #                           SuperNode on one host needs its own          [MLECS_CLIENTAPPIO_PORT, 9094 + partition id]
 #   --pid-file FILE         write the SuperNode's PID here               [MLECS_PID_FILE]
@@ -40,6 +44,8 @@ NUM_PARTITIONS=${MLECS_NUM_PARTITIONS:-}
 MODALITIES=${MLECS_MODALITIES:-}
 STATE_DIR=${MLECS_STATE_DIR:-}
 NODE_CONFIG_EXTRA=${MLECS_NODE_CONFIG_EXTRA:-}
+WARM_WORKER=${MLECS_WARM_WORKER:-1}
+WORKER_IDLE=${MLECS_WORKER_IDLE:-900}
 PORT=${MLECS_CLIENTAPPIO_PORT:-}
 PID_FILE=${MLECS_PID_FILE:-}
 DAEMON=${MLECS_DAEMON:-0}
@@ -55,6 +61,8 @@ while [[ $# -gt 0 ]]; do
         --modalities) MODALITIES=$2; shift 2 ;;
         --state-dir) STATE_DIR=$2; shift 2 ;;
         --node-config) NODE_CONFIG_EXTRA=$2; shift 2 ;;
+        --no-warm-worker) WARM_WORKER=0; shift ;;
+        --worker-idle) WORKER_IDLE=$2; shift 2 ;;
         --port) PORT=$2; shift 2 ;;
         --pid-file) PID_FILE=$2; shift 2 ;;
         --daemon) DAEMON=1; shift ;;
@@ -86,6 +94,10 @@ fi
 if [[ -n "$STATE_DIR" ]]; then
     mkdir -p "$STATE_DIR"
     node_config+=" state-dir=\"$(cd "$STATE_DIR" && pwd)\""
+fi
+if [[ "$WARM_WORKER" == "1" ]]; then
+    [[ "$WORKER_IDLE" =~ ^[0-9]+$ ]] || die "--worker-idle must be a number of seconds (got '$WORKER_IDLE')"
+    node_config+=" warm-worker=true warm-worker-idle=$WORKER_IDLE"
 fi
 [[ -z "$NODE_CONFIG_EXTRA" ]] || node_config+=" $NODE_CONFIG_EXTRA"
 

@@ -105,6 +105,10 @@ def edge_model(
     specs = {s.name: s for s in task.specs}
     kinds = {name: encoder_kind(specs[name], choices, slot) for name in held}
     fusion = m.fusions[slot % len(m.fusions)]
+    # The backbone first: building or loading it may draw from torch's global RNG,
+    # and whether it does depends on this process's history (its caches), so the
+    # seed is set after it and the model's own initial weights never depend on it.
+    backbone = backbone_for(settings, task, m.backbone)
     torch.manual_seed(settings.seed * 100_003 + slot)
     model = MultimodalLM(
         task.specs,
@@ -112,7 +116,7 @@ def edge_model(
         kinds,
         fusion,
         m,
-        backbone_for(settings, task, m.backbone),
+        backbone,
         settings.lora,
         task.prompt,
         shared_seed(settings),
@@ -132,15 +136,16 @@ def cloud_model(settings: RunSettings, task: TaskInfo | None = None) -> Multimod
     m = settings.model
     choices = _encoder_choices(m)
     kinds = {s.name: encoder_kind(s, choices, 0) for s in task.specs}
-    torch.manual_seed(settings.seed * 100_003 - 1)
     spec = m.backbone if settings.server.backbone == "edge" else settings.server.backbone
+    backbone = backbone_for(settings, task, spec)  # before seeding: see edge_model
+    torch.manual_seed(settings.seed * 100_003 - 1)
     model = MultimodalLM(
         task.specs,
         tuple(kinds),
         kinds,
         m.fusions[0],
         m,
-        backbone_for(settings, task, spec),
+        backbone,
         settings.lora,
         task.prompt,
         shared_seed(settings),

@@ -15,22 +15,24 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.deploy.helpers import (
+from deploy.loopback import (
     REPO,
     Processes,
+    final_status,
     flwr,
     free_ports,
     https_status,
     json_of,
+    loopback_env,
     run_flwr,
-    run_script,
+    run_id_of,
     script,
+    start_federation,
     tail,
     wait_for,
 )
@@ -45,7 +47,7 @@ RUN_NAME = "deploy-test"
 # Four rounds: a SuperNode is killed in round 1 and must take part in a later round.
 # (The SuperLink may refuse its restart with 305 for about a minute, so the node can
 # miss round 2 or 3 as well: the test asserts it is back by the end, not when.)
-ROUND_TIMEOUT = 40
+ROUND_TIMEOUT = 60
 VICTIM = 2  # partition id of the SuperNode that is killed
 TINY = (
     "num-server-rounds=4 data.max-train-per-client=24 data.max-test-per-client=8 "
@@ -54,7 +56,6 @@ TINY = (
     "train.max-new-tokens=3 server.steps=2 eval.bertscore=false strategy.min-nodes=2 "
     f"strategy.round-timeout={ROUND_TIMEOUT}"
 )
-TERMINAL = ("finished:completed", "finished:failed", "finished:stopped")
 
 
 @pytest.fixture(scope="module")
@@ -62,94 +63,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
     """Certs, SuperLink (TLS + node auth), Fleet proxy, three keys, three SuperNodes."""
     tmp = tmp_path_factory.mktemp("deploy")
     (tmp / "logs").mkdir()
-    venv_bin = str(Path(sys.executable).parent)
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "MLECS_VENV"},
-        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-        "FLWR_HOME": str(tmp / "flwr"),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-    }
-    # Three SuperNodes and the SuperLink share this host's cores: one torch
-    # thread per ClientApp process avoids oversubscription
-    # (rounds took 60-75 s instead of 42-50 s on a 2-core box without it).
-    node_env = {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    certs, ca = tmp / "certs", tmp / "certs" / "ca.crt"
-    link_port, proxy_port, *node_ports = free_ports(3 + NUM_NODES)
-    address = f"127.0.0.1:{link_port}"  # the SuperLink, for the operator only
-    edge = f"127.0.0.1:{proxy_port}"  # the Fleet proxy, for edge boxes
+    env, node_env = loopback_env(tmp)
     procs = Processes(env, tmp, tmp / "logs")
     try:
-        # (a) CA, SuperLink certificate, node keys; the CLI connections
-        run_script(env, "gen_certs.sh", certs, NUM_NODES)
-        run_script(env, "write_connection.sh", CONNECTION, address, ca)
-        run_script(env, "write_connection.sh", EDGE_CONNECTION, edge, ca)
-        # (b) SuperLink (the script execs it, so its PID is the script's), then the proxy
-        pid_file = tmp / "superlink.pid"
-        link = procs.start(
-            "superlink",
-            script(
-                "start_superlink.sh",
-                *("--certs", certs, "--host", "127.0.0.1", "--port", link_port),
-                *("--database", tmp / "superlink" / "state.db", "--pid-file", pid_file),
-            ),
-        )
-        proxy = procs.start(
-            "fleet-proxy",
-            script(
-                "start_fleet_proxy.sh",
-                *("--certs", certs, "--host", "127.0.0.1", "--port", proxy_port),
-                *("--upstream", address, "--pid-file", tmp / "proxy.pid"),
-            ),
-        )
-
-        def superlink_up() -> bool:
-            assert link.poll() is None, f"SuperLink exited:\n{tail(procs.log('superlink'))}"
-            out = run_flwr(env, "supernode", "list", CONNECTION, "--format", "json", timeout=30)
-            return '"success": true' in out.stdout
-
-        def proxy_up() -> bool:
-            assert proxy.poll() is None, f"proxy exited:\n{tail(procs.log('fleet-proxy'))}"
-            return https_status(edge, "GET", "/health", ca) == 200
-
-        wait_for("the SuperLink", superlink_up, timeout=60)
-        wait_for("the Fleet proxy", proxy_up, timeout=60)
-        assert pid_file.read_text().strip() == str(link.pid)
-        # (c) register the three keys (operator port), start the SuperNodes (edge address)
-        run_script(env, "register_nodes.sh", "--connection", CONNECTION, certs / "keys")
-        for i in range(NUM_NODES):
-            procs.start(
-                f"supernode-{i}",
-                script(
-                    "start_supernode.sh",
-                    *("--superlink", edge, "--ca", ca, "--key", certs / "keys" / f"supernode-{i}"),
-                    *("--port", node_ports[i], "--partition-id", i, "--num-partitions", NUM_NODES),
-                    *("--pid-file", tmp / f"supernode-{i}.pid"),
-                ),
-                env=node_env,
-            )
-
-        def nodes_online() -> bool:
-            for name, proc in procs.procs.items():
-                assert proc.poll() is None, f"{name} exited:\n{tail(procs.log(name))}"
-            nodes = json_of(flwr(env, "supernode", "list", CONNECTION, "--format", "json"))["nodes"]
-            return sum(n["status"] == "online" for n in nodes) == NUM_NODES
-
-        wait_for("three SuperNodes online", nodes_online, timeout=90, interval=2)
-        yield {
-            "tmp": tmp,
-            "env": env,
-            "node_env": node_env,
-            "ca": ca,
-            "certs": certs,
-            "address": address,
-            "edge": edge,
-            "spare_port": node_ports[-1],
-            "procs": procs,
-        }
+        fed = start_federation(procs, tmp, NUM_NODES, node_env, CONNECTION, EDGE_CONNECTION)
+        yield {**fed, "tmp": tmp, "env": env, "node_env": node_env, "procs": procs}
     finally:
         procs.stop_all()
 
@@ -273,20 +191,8 @@ def test_run_survives_a_killed_supernode(deployment):
     wall = time.monotonic() - started
     text = procs.log("flwr-run").read_text(errors="replace")
     assert run.returncode == 0, text[-5000:]  # rc 0 even when the run fails: check the status
-    match = re.search(r"run[_ ]id\D{0,4}(\d{5,})", text, re.IGNORECASE)
-    if match:
-        run_id = match.group(1)
-    else:  # the only run on this fresh SuperLink
-        runs = json_of(flwr(env, "ls", CONNECTION, "--format", "json"))["runs"]
-        assert len(runs) == 1, runs
-        run_id = str(runs[0]["run-id"])
-
-    def terminal_status() -> dict | None:
-        info = json_of(flwr(env, "ls", CONNECTION, "--run-id", run_id, "--format", "json"))
-        status = info["runs"][0]
-        return status if status["status"] in TERMINAL else None
-
-    status = wait_for(f"run {run_id} to finish", terminal_status, timeout=120, interval=2)
+    run_id = run_id_of(env, CONNECTION, text)
+    status = final_status(env, CONNECTION, run_id)
     assert status["status"] == "finished:completed", f"{status}\n{text[-5000:]}"
 
     result_dir = out_dir / RUN_NAME
@@ -310,6 +216,10 @@ def test_run_survives_a_killed_supernode(deployment):
     assert rejoined, [sorted(r["training"]) for r in rounds]
     assert rejoined[-1]["aggregation"]["accepted"] == NUM_NODES, rejoined[-1]["aggregation"]
     assert last["aggregation"]["accepted"] >= 2, last["aggregation"]
+    # Every SuperNode's messages went to its warm worker (start_supernode.sh's default).
+    workers = list((tmp / "xdg-runtime").glob("mlecs-worker-*/*.log"))
+    assert len(workers) >= NUM_NODES, workers
+    assert all("warm worker ready" in w.read_text() for w in workers)
     seconds = [r["seconds"] for r in rounds]
     print(
         f"\ndeployment: {wall:.1f}s for flwr run --stream, seconds per round {seconds}; "

@@ -63,7 +63,7 @@ def test_the_same_seed_gives_the_same_metrics_twice(tiny_config: dict):
 
 
 def test_reusing_devices_between_messages_changes_nothing(tiny_config: dict, monkeypatch):
-    from client_app import app as client_module
+    from client_app import handlers as client_module
 
     config = {**tiny_config, "method": "mlecs", "num-server-rounds": 3}
     reused = run_one({**config, "run-name": "reused"}, NODES)

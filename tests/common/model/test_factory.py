@@ -67,3 +67,33 @@ def test_autocast_is_off_on_cpu_and_runs_bf16_when_set(tiny_config: dict):
     assert seen and set(seen) == {torch.bfloat16}
     assert e.dtype == z.dtype == loss.dtype == torch.float32
     assert len(texts) == 4
+
+
+def test_initial_weights_do_not_depend_on_what_the_process_built_before(
+    tiny_config: dict, tmp_path
+):
+    """A model's initial weights are the same whether its backbone is built, loaded or cached.
+
+    (Building or loading the backbone draws from torch's global RNG; a model seeded
+    before that got other weights in a fresh process, e.g. a deployment ClientApp.)
+    """
+    from common.model import factory
+
+    s = RunSettings.from_run_config({**tiny_config, "cache-dir": str(tmp_path / "fresh")})
+    held = build_client_data(s, 0, 2).modalities
+
+    def weights(model) -> dict[str, np.ndarray]:
+        return {k: v.detach().clone().numpy() for k, v in model.state_dict().items()}
+
+    factory._tiny.cache_clear()
+    built = weights(edge_model(s, held, 0))  # the backbone is trained and saved here
+    factory._tiny.cache_clear()
+    loaded = weights(edge_model(s, held, 0))  # ... loaded from the cache directory here
+    cached = weights(edge_model(s, held, 0))  # ... and taken from this process's cache
+    torch.manual_seed(12345)
+    torch.rand(100)  # whatever the process drew before
+    again = weights(edge_model(s, held, 0))
+    for other in (loaded, cached, again):
+        assert other.keys() == built.keys()
+        for k in built:
+            np.testing.assert_array_equal(other[k], built[k], err_msg=k)

@@ -1,0 +1,90 @@
+"""What a ClientApp message does, on Flower records (no ``Message``): train or evaluate.
+
+Called by the ClientApp's handlers in their own process, or by a node's warm
+worker (:mod:`client_app.worker`), which keeps the imports and the built device
+between messages.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from flwr.app import Context, RecordDict
+
+from client_app.device import Device, DeviceIdentity
+from client_app.local_state import load_local_state, save_local_state
+from common.exchange import GlobalPayload
+from common.reproducibility import pin
+from common.settings import RunSettings
+from proto.messages import evaluate_reply, read_instruction, train_reply
+
+# Devices built in this process, reused for their next message (simulation and a
+# warm worker run many messages per process).
+_DEVICES: OrderedDict[tuple, Device] = OrderedDict()
+_MAX_DEVICES = 128
+
+
+def run_train(content: RecordDict, context: Context) -> RecordDict:
+    """Local AMT / fine-tuning; the reply: shared-state delta, z^c, personal scores."""
+    # Load settings, data, model and this device's persisted state
+    device, payload = _open_device(content, context)
+    # Train, keep the private state, score the personal model, reply with the update
+    update = device.train(payload, payload.server_round)
+    save_local_state(context, device.settings, device.ident.partition_id, device.local_state())
+    update.evaluation = device.evaluate()
+    return train_reply(update, device.settings.transport.dtype)
+
+
+def run_evaluate(content: RecordDict, context: Context) -> RecordDict:
+    """Evaluate the personal model (global shared + private state) on the test split."""
+    device, _ = _open_device(content, context)
+    result = device.evaluate()
+    num_examples = int(result.pop("num_examples"))
+    return evaluate_reply(result, num_examples)
+
+
+def _open_device(content: RecordDict, context: Context) -> tuple[Device, GlobalPayload]:
+    settings = RunSettings.from_run_config(context.run_config)
+    pin(settings)
+    # Validate everything received against its manifest before touching the model.
+    payload = read_instruction(content)
+    ident = identity_from_node_config(context.node_config)
+    local = load_local_state(context, settings, ident.partition_id, payload.server_round)
+    device = _device(settings, ident, reuse=local is not None)
+    device.restore(local, payload)
+    return device, payload
+
+
+def _device(settings: RunSettings, ident: DeviceIdentity, reuse: bool) -> Device:
+    """The device for ``ident``, built once per process and reset from its state afterwards.
+
+    A device is reused only when it has saved state to restore, which overwrites
+    everything that trains (encoders, connector, adapters, optimiser); its first
+    message always builds it afresh.
+    """
+    key = (settings, ident)
+    device = _DEVICES.get(key) if reuse else None
+    if device is None:
+        device = Device(settings, ident)
+        _DEVICES[key] = device
+        if len(_DEVICES) > _MAX_DEVICES:
+            _DEVICES.popitem(last=False)
+    _DEVICES.move_to_end(key)
+    return device
+
+
+def identity_from_node_config(node_config: dict) -> DeviceIdentity:
+    """Partition and optional modality set from the node config.
+
+    Simulation injects ``partition-id`` and ``num-partitions``; on an edge box
+    ``flower-supernode --node-config`` may also give ``modalities="acc,gyro"``.
+    """
+    try:
+        pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
+    except KeyError as err:
+        raise ValueError(
+            f"node config lacks {err}; pass --node-config 'partition-id=.. num-partitions=..'"
+        ) from None
+    mods = node_config.get("modalities")
+    held = tuple(m.strip() for m in str(mods).split(",") if m.strip()) if mods else None
+    return DeviceIdentity(pid, n, held)

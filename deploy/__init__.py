@@ -1,0 +1,1 @@
+"""Deployment scripts and the loopback harness that drives them (``deploy.loopback``)."""
