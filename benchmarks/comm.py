@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     p.add_argument("--runs-dir", default="/tmp/mlecs-bench/comm", help="finished runs are kept")
+    p.add_argument("--dtypes", default=",".join(DTYPES), help="dtypes of the F1 runs")
     p.add_argument("--no-f1", action="store_true")
     args = p.parse_args(argv)
     quiet()
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
         print(dtype, "ratio", result["bytes"][dtype]["ratio"], flush=True)
     if not args.no_f1:
         seeds = [int(s) for s in args.f1_seeds.split(",") if s]
+        dtypes = ["float32", *(d for d in args.dtypes.split(",") if d and d != "float32")]
+        unknown = set(dtypes) - set(DTYPES)
+        if unknown:
+            p.error(f"unknown --dtypes {sorted(unknown)}; choose from {DTYPES}")
         configs = [
             {
                 "transport.dtype": dtype,
@@ -60,11 +65,11 @@ def main(argv: list[str] | None = None) -> None:
                 "output-dir": args.runs_dir,
                 "run-name": f"{dtype}-s{seed}",
             }
-            for dtype in DTYPES
+            for dtype in dtypes
             for seed in seeds
         ]
         tails = [s["tail"]["client_f1"] for s in sweep(configs, 10, args.jobs)]
-        by_dtype = {d: tails[i * len(seeds) : (i + 1) * len(seeds)] for i, d in enumerate(DTYPES)}
+        by_dtype = {d: tails[i * len(seeds) : (i + 1) * len(seeds)] for i, d in enumerate(dtypes)}
         ref = np.asarray(by_dtype["float32"])
         for dtype, values in by_dtype.items():
             # Paired by seed: the same data, model and batches, only the wire dtype differs.
