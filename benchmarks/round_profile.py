@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         from common.settings import RunSettings
 
         path = smollm2_dir(RunSettings.from_run_config(config))
-        config.update({"model.backbone": str(path), "lora.rank": 8})
-        config.update({"lora.targets": "q_proj,v_proj"})
+        config.update(
+            {"model.backbone": str(path), "lora.rank": 8, "lora.targets": "q_proj,v_proj"}
+        )
     config.setdefault("output-dir", "/tmp/mlecs-bench")
     config.setdefault("run-name", f"profile-{int(time.time())}")
     config["num-server-rounds"] = args.rounds

@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> None:
         "method": args.method,
         "lora.rank": 8,
         "lora.targets": "q_proj,v_proj",
-        "train.steps": args.steps,
         **parse_overrides(args.set),
     }
     settings = RunSettings.from_run_config(config)

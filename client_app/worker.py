@@ -121,9 +121,10 @@ def _connect(context) -> Connection:
         except (OSError, EOFError):
             pass
         sock.unlink(missing_ok=True)
+        key = secrets.token_bytes(32)
         keyfile.write_bytes(b"")
-        keyfile.chmod(0o600)
-        keyfile.write_bytes(secrets.token_bytes(32))
+        keyfile.chmod(0o600)  # before the key is in it
+        keyfile.write_bytes(key)
         idle = float(context.node_config.get("warm-worker-idle", DEFAULT_IDLE))
         cmd = [sys.executable, "-m", "client_app.worker", "--socket", str(sock)]
         cmd += ["--key-file", str(keyfile), "--parent-pid", str(os.getppid()), "--idle", str(idle)]
@@ -139,7 +140,7 @@ def _connect(context) -> Connection:
                 raise OSError(f"the warm worker exited with {proc.returncode}; see {logfile}")
             if sock.exists():
                 try:
-                    return Client(str(sock), family="AF_UNIX", authkey=keyfile.read_bytes())
+                    return Client(str(sock), family="AF_UNIX", authkey=key)
                 except (OSError, EOFError):
                     pass
             time.sleep(0.1)
@@ -204,11 +205,11 @@ def serve(sock: Path, key: bytes, parent_pid: int, idle: float) -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: alive, owned by someone else
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

@@ -71,9 +71,7 @@ def train_tokenizer(corpus: list[str], vocab: int, cache: Path) -> PreTrainedTok
     )
     # Many virtual clients may build the same entry at once: write it atomically.
     atomic_write(path, tok.save_pretrained)
-    # Every run uses the saved form, the first one too: a tokenizer built in memory and
-    # one loaded from disk need not behave bit-identically.
-    return PreTrainedTokenizerFast.from_pretrained(path)
+    return tok
 
 
 def build_tiny(
@@ -116,9 +114,7 @@ def build_tiny(
     model = LlamaForCausalLM(config)
     _warm_up(model, tok, seqs, cfg.pretrain_steps, seed)
     atomic_write(path, model.save_pretrained)
-    # The run that builds the backbone uses the saved form like every later run does
-    # (a model fresh from training and one loaded from disk gave different numbers).
-    return Backbone(LlamaForCausalLM.from_pretrained(path), tok)
+    return Backbone(model, tok)
 
 
 _WARM_UP_VERSION = 2  # bump when the warm-up corpus or recipe changes
