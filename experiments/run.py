@@ -36,6 +36,7 @@ from pathlib import Path
 from common.atomic import write_text
 from common.run_config import parse_overrides, read_toml_config
 from common.settings import ConfigError, RunSettings, flatten
+from experiments.exclusive import SweepBusy, die_with_parent, exclusive
 from experiments.grid import CENTRALIZED, Cell, Grid, GridError, cells, check, read_grid
 from experiments.report import write_outputs
 
@@ -130,8 +131,15 @@ def done_summary(config: dict, num_nodes: int) -> dict | None:
         saved = json.loads((run_dir / "config.json").read_text())["run_config"]
     except (OSError, ValueError, KeyError):
         return None
-    same = saved == resolved(config) and summary.get("num_nodes") == num_nodes
+    same = _same_run(saved, resolved(config)) and summary.get("num_nodes") == num_nodes
     return summary if same and summary.get("rounds") else None
+
+
+def _same_run(saved: dict, wanted: dict) -> bool:
+    """Whether two resolved configs describe the same run (a resumed run is the same run)."""
+    return {k: v for k, v in saved.items() if k != "resume"} == {
+        k: v for k, v in wanted.items() if k != "resume"
+    }
 
 
 def prepare(config: dict) -> dict:
@@ -149,9 +157,7 @@ def prepare(config: dict) -> dict:
         saved = None
     wanted = resolved(config)
     if saved is not None and (run_dir / "checkpoint.npz").exists():
-        if {k: v for k, v in saved.items() if k != "resume"} == {
-            k: v for k, v in wanted.items() if k != "resume"
-        }:
+        if _same_run(saved, wanted):
             return {**config, "resume": True}
     shutil.rmtree(run_dir)
     return config
@@ -181,7 +187,12 @@ def sweep(configs: list[dict], num_nodes: int, jobs: int) -> list[dict]:
             results[i] = run_one(prepare(configs[i]), num_nodes)
             report(i, k)
     else:
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            jobs,
+            mp_context=get_context("spawn"),
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             futures = {
                 pool.submit(_worker, prepare(configs[i]), num_nodes, threads): i for i in todo
             }
@@ -242,12 +253,15 @@ def main(argv: list[str] | None = None) -> None:
         check(grid_cells, resolved)  # fail before any run on a bad entry
     except (GridError, ConfigError) as err:
         raise SystemExit(f"error: {err}") from None
-    out.mkdir(parents=True, exist_ok=True)
-    summaries = sweep([c.config for c in grid_cells], grid.num_nodes, args.jobs)
-    results: dict[str, dict[str, list[dict]]] = {}
-    for c, s in zip(grid_cells, summaries):
-        results.setdefault(c.group, {}).setdefault(c.method, []).append(s)
-    print(write_outputs(results, out, _history_reader(grid_cells)))
+    try:
+        with exclusive(out):
+            summaries = sweep([c.config for c in grid_cells], grid.num_nodes, args.jobs)
+            results: dict[str, dict[str, list[dict]]] = {}
+            for c, s in zip(grid_cells, summaries):
+                results.setdefault(c.group, {}).setdefault(c.method, []).append(s)
+            print(write_outputs(results, out, _history_reader(grid_cells)))
+    except SweepBusy as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

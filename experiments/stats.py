@@ -172,13 +172,18 @@ def plot_diffs(results: dict[str, list[dict]], metric: str, reference: str, path
 
 
 def plot_curves(histories: dict[str, list[list[dict]]], metric: str, path: Path) -> None:
-    """``metric`` per round, mean over seeds per method (shaded: ± std)."""
+    """``metric`` per round, mean over seeds per method (shaded: ± std, for up to 4 methods).
+
+    Beyond 10 methods the colours repeat with another line style, so every line
+    stays distinguishable; the legend sits beside the axes.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    many = len(histories) > 4
+    fig, ax = plt.subplots(figsize=(8.2 if many else 6.4, 3.6))
     for i, (method, runs) in enumerate(histories.items()):
         rounds = sorted({r["round"] for h in runs for r in h})
         mean, std = [], []
@@ -188,12 +193,17 @@ def plot_curves(histories: dict[str, list[list[dict]]], metric: str, path: Path)
             mean.append(np.mean(vals) if vals else np.nan)
             std.append(np.std(vals) if vals else np.nan)
         mean, std = np.array(mean), np.array(std)
-        ax.plot(rounds, mean, label=method, color=f"C{i}")
-        ax.fill_between(rounds, mean - std, mean + std, alpha=0.15, color=f"C{i}")
+        color, style = f"C{i % 10}", ("-", "--", ":")[(i // 10) % 3]
+        ax.plot(rounds, mean, label=method, color=color, linestyle=style)
+        if not many:
+            ax.fill_between(rounds, mean - std, mean + std, alpha=0.15, color=color)
     ax.set_xlabel("round")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(f"{metric} (mean over seeds)" if many else metric)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if many:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

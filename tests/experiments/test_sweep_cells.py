@@ -1,0 +1,33 @@
+"""A sweep skips the cells it finished and resumes the one that stopped part-way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from experiments import run as runner
+
+NODES = 2
+
+
+def test_finished_cells_are_skipped_and_a_resumed_cell_counts_as_finished(
+    tiny_config: dict, monkeypatch: pytest.MonkeyPatch
+):
+    config = {**tiny_config, "method": "standalone", "run-name": "standalone-s0"}
+    first = runner.sweep([config], NODES, 1)
+    run_dir = Path(config["output-dir"]) / "standalone-s0"
+    (run_dir / "summary.json").unlink()  # as if stopped after its last checkpoint
+    assert runner.prepare(config)["resume"] is True
+    resumed = runner.sweep([config], NODES, 1)
+    assert resumed[0]["tail"] == first[0]["tail"]
+
+    def must_not_run(*_args, **_kwargs):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(runner, "run_one", must_not_run)
+    again = runner.sweep([config], NODES, 1)
+    assert again[0]["tail"] == first[0]["tail"]
+    # another configuration of the same cell is not "finished"
+    with pytest.raises(AssertionError, match="run again"):
+        runner.sweep([{**config, "train.lr": 0.01}], NODES, 1)
