@@ -37,13 +37,14 @@ def _kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> tor
 
 
 def _student_loss(
-    logits: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    logits: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CE of the answer + ``DISTILL_WEIGHT`` x KL to the teacher; returns (loss, KL).
 
-    ``logits``, ``teacher``: ``(B, T, V)``; ``target``: ``(B, T)`` with -100 at padding.
+    ``logits``, ``teacher``: ``(B, T, V)``; ``target``: ``(B, T)`` with -100 at padding,
+    where neither term counts.
     """
-    kl = _kl(logits, teacher, mask)
+    kl = _kl(logits, teacher, target != -100)
     ce = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100)
     return ce + DISTILL_WEIGHT * kl, kl
 
@@ -80,11 +81,11 @@ def mutual_distillation(
             with torch.no_grad():
                 _, z = model.represent(batch)
             base.set_adapter([SHARED])
-            edge, mask = model.target_logits(batch, z)
+            edge, _ = model.target_logits(batch, z)
             base.set_adapter([SHARED, PRIVATE])
             cloud, _ = model.target_logits(batch, z)
-            loss_cloud, to_cloud = _student_loss(cloud, edge, batch.target_ids, mask)
-            loss_edge, to_edge = _student_loss(edge, cloud, batch.target_ids, mask)
+            loss_cloud, to_cloud = _student_loss(cloud, edge, batch.target_ids)
+            loss_edge, to_edge = _student_loss(edge, cloud, batch.target_ids)
             opt_cloud.zero_grad(set_to_none=True)
             opt_edge.zero_grad(set_to_none=True)
             # Each student learns only from its own loss (the teacher's side is detached).
