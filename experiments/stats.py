@@ -77,12 +77,18 @@ def paired(a: str, b: str, ra: list[dict], rb: list[dict], metric: str) -> Paire
     seeds = sorted(set(va) & set(vb))
     if not seeds:
         return None
-    d = np.array([va[s] - vb[s] for s in seeds])
+    mean, low, high = mean_interval([va[s] - vb[s] for s in seeds])
+    return PairedDiff(a, b, metric, len(seeds), mean, low, high)
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean of ``values`` with its 95% t interval (NaN bounds for fewer than 2)."""
+    d = np.asarray(values, dtype=float)
     mean = float(d.mean())
     if len(d) < 2:
-        return PairedDiff(a, b, metric, 1, mean, math.nan, math.nan)
+        return mean, math.nan, math.nan
     half = t95(len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
-    return PairedDiff(a, b, metric, len(d), mean, mean - half, mean + half)
+    return mean, mean - half, mean + half
 
 
 def all_pairs(results: dict[str, list[dict]], metric: str) -> list[PairedDiff]:

@@ -1,0 +1,162 @@
+"""Where a difference between two methods comes from: paired per-device tail scores.
+
+A sweep's tables compare methods by the mean over devices. This breaks that
+difference down by the devices' modality sets (unimodal or multimodal devices
+differ in what CCL and fusion can do for them): for each seed both methods ran,
+each device's tail score (its mean over the last ``--tail`` evaluated rounds of
+``rounds.jsonl``) under method ``a`` minus the same device's under ``b``,
+averaged within each group of devices; then over seeds, a mean with a 95%
+t interval (the seed stays the unit of replication, as in `experiments.stats`).
+
+Usage::
+
+    python -m experiments.devices --runs outputs/hapt_scarce_skew/runs --a no-ccl --b mlecs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from experiments.stats import mean_interval
+
+Groups = Callable[[dict, int, int], dict[int, str]]
+
+
+def device_tail(rounds: list[dict], metric: str, tail: int) -> dict[int, float]:
+    """Each device's mean ``metric`` over the last ``tail`` rounds that scored devices.
+
+    Returns
+    -------
+    dict
+        Partition id -> tail mean (devices sampled in none of those rounds are absent).
+    """
+    scored = [r for r in rounds if r.get("clients")][-tail:]
+    values: dict[int, list[float]] = {}
+    for r in scored:
+        for entry in r["clients"].values():
+            if metric in entry:
+                values.setdefault(int(entry["partition_id"]), []).append(float(entry[metric]))
+    return {pid: float(np.mean(v)) for pid, v in values.items()}
+
+
+def modality_groups(run_config: dict, num_nodes: int, seed: int) -> dict[int, str]:
+    """Partition id -> ``"multimodal"`` or ``"unimodal"``, as the run drew them."""
+    from common.data.availability import client_modalities
+    from common.data.pool import load_pool
+    from common.settings import RunSettings
+
+    settings = RunSettings.from_run_config(run_config)
+    names = load_pool(settings).samples.modality_names
+    m = settings.modality
+    out = {}
+    for pid in range(num_nodes):
+        held = client_modalities(names, m.scenario, m.unimodal_fraction, pid, num_nodes, seed)
+        out[pid] = "multimodal" if len(held) > 1 else "unimodal"
+    return out
+
+
+def _read_run(folder: Path) -> tuple[list[dict], dict, dict]:
+    rounds = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines() if x]
+    config = json.loads((folder / "config.json").read_text())["run_config"]
+    summary = json.loads((folder / "summary.json").read_text())
+    return rounds, config, summary
+
+
+def compare(
+    runs: Path, a: str, b: str, metric: str = "f1", tail: int = 5, groups: Groups = modality_groups
+) -> dict[str, dict]:
+    """Paired per-device differences ``a - b`` by device group, over seeds.
+
+    Parameters
+    ----------
+    runs : Path
+        A sweep's run folder, holding ``<method>-s<seed>/`` folders.
+    groups : callable
+        ``groups(run_config, num_nodes, seed) -> {partition id: group name}``.
+
+    Returns
+    -------
+    dict
+        Group name (and ``"all"``) -> ``{"seeds", "devices", "mean", "low", "high",
+        "better", "worse"}``: the number of seeds, of device pairs, the mean over
+        seeds of the per-seed mean difference with its 95% t interval, and how
+        many device pairs ``a`` scored above / below ``b``.
+    """
+    per_seed: dict[str, list[float]] = {}
+    counts: dict[str, list[int]] = {}
+    for folder_a in sorted(runs.glob(f"{a}-s*")):
+        seed = folder_a.name[len(a) + 2 :]
+        folder_b = runs / f"{b}-s{seed}"
+        if not seed.isdigit() or not (folder_b / "summary.json").exists():
+            continue
+        if not (folder_a / "summary.json").exists():
+            continue
+        rounds_a, config, summary = _read_run(folder_a)
+        rounds_b = _read_run(folder_b)[0]
+        va, vb = device_tail(rounds_a, metric, tail), device_tail(rounds_b, metric, tail)
+        names = groups(config, int(summary["num_nodes"]), int(seed))
+        by_group: dict[str, list[float]] = {}
+        for pid in sorted(set(va) & set(vb)):
+            d = va[pid] - vb[pid]
+            for g in ("all", names.get(pid, "unknown")):
+                by_group.setdefault(g, []).append(d)
+        for g, diffs in by_group.items():
+            per_seed.setdefault(g, []).append(float(np.mean(diffs)))
+            c = counts.setdefault(g, [0, 0, 0])
+            c[0] += len(diffs)
+            c[1] += sum(x > 0 for x in diffs)
+            c[2] += sum(x < 0 for x in diffs)
+    out = {}
+    for g, means in per_seed.items():
+        mean, low, high = mean_interval(means)
+        n, better, worse = counts[g]
+        out[g] = {
+            "seeds": len(means),
+            "devices": n,
+            "mean": mean,
+            "low": low,
+            "high": high,
+            "better": better,
+            "worse": worse,
+        }
+    return out
+
+
+def table(result: dict[str, dict], a: str, b: str, metric: str) -> str:
+    """A markdown table of :func:`compare`'s result."""
+    lines = [
+        f"| devices | seeds | device pairs | {a} - {b} ({metric}) | {a} above / below |",
+        "|---|---|---|---|---|",
+    ]
+    for g in sorted(result, key=lambda k: (k != "all", k)):
+        r = result[g]
+        star = " *" if r["seeds"] > 1 and (r["low"] > 0 or r["high"] < 0) else ""
+        lines.append(
+            f"| {g} | {r['seeds']} | {r['devices']} | {r['mean']:+.3f} "
+            f"[{r['low']:+.3f}, {r['high']:+.3f}]{star} | {r['better']} / {r['worse']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the per-device breakdown of ``a - b``."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runs", type=Path, required=True, help="a sweep's runs/ folder")
+    p.add_argument("--a", required=True, help="method a")
+    p.add_argument("--b", required=True, help="method b")
+    p.add_argument("--metric", default="f1", help="a per-device metric in rounds.jsonl")
+    p.add_argument("--tail", type=int, default=5, help="last evaluated rounds averaged")
+    args = p.parse_args(argv)
+    result = compare(args.runs, args.a, args.b, args.metric, args.tail)
+    if not result:
+        raise SystemExit(f"error: no seed with finished runs of both '{args.a}' and '{args.b}'")
+    print(table(result, args.a, args.b, args.metric))
+
+
+if __name__ == "__main__":
+    main()
