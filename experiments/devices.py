@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.stats import mean_interval
+from experiments.stats import format_interval, mean_interval
 
-Groups = Callable[[dict, int, int], dict[int, str]]
+Groups = Callable[[dict, int], dict[int, str]]
 
 
 def device_tail(rounds: list[dict], metric: str, tail: int) -> dict[int, float]:
@@ -44,20 +44,16 @@ def device_tail(rounds: list[dict], metric: str, tail: int) -> dict[int, float]:
     return {pid: float(np.mean(v)) for pid, v in values.items()}
 
 
-def modality_groups(run_config: dict, num_nodes: int, seed: int) -> dict[int, str]:
+def modality_groups(run_config: dict, num_nodes: int) -> dict[int, str]:
     """Partition id -> ``"multimodal"`` or ``"unimodal"``, as the run drew them."""
-    from common.data.availability import client_modalities
-    from common.data.pool import load_pool
+    from common.data.views import held_modalities
     from common.settings import RunSettings
 
     settings = RunSettings.from_run_config(run_config)
-    names = load_pool(settings).samples.modality_names
-    m = settings.modality
-    out = {}
-    for pid in range(num_nodes):
-        held = client_modalities(names, m.scenario, m.unimodal_fraction, pid, num_nodes, seed)
-        out[pid] = "multimodal" if len(held) > 1 else "unimodal"
-    return out
+    return {
+        pid: "multimodal" if len(held_modalities(settings, pid, num_nodes)) > 1 else "unimodal"
+        for pid in range(num_nodes)
+    }
 
 
 def _read_run(folder: Path) -> tuple[list[dict], dict, dict]:
@@ -77,7 +73,7 @@ def compare(
     runs : Path
         A sweep's run folder, holding ``<method>-s<seed>/`` folders.
     groups : callable
-        ``groups(run_config, num_nodes, seed) -> {partition id: group name}``.
+        ``groups(run_config, num_nodes) -> {partition id: group name}``.
 
     Returns
     -------
@@ -92,14 +88,13 @@ def compare(
     for folder_a in sorted(runs.glob(f"{a}-s*")):
         seed = folder_a.name[len(a) + 2 :]
         folder_b = runs / f"{b}-s{seed}"
-        if not seed.isdigit() or not (folder_b / "summary.json").exists():
-            continue
-        if not (folder_a / "summary.json").exists():
+        finished = (folder_a / "summary.json").exists() and (folder_b / "summary.json").exists()
+        if not seed.isdigit() or not finished:
             continue
         rounds_a, config, summary = _read_run(folder_a)
         rounds_b = _read_run(folder_b)[0]
         va, vb = device_tail(rounds_a, metric, tail), device_tail(rounds_b, metric, tail)
-        names = groups(config, int(summary["num_nodes"]), int(seed))
+        names = groups(config, int(summary["num_nodes"]))
         by_group: dict[str, list[float]] = {}
         for pid in sorted(set(va) & set(vb)):
             d = va[pid] - vb[pid]
@@ -135,11 +130,9 @@ def table(result: dict[str, dict], a: str, b: str, metric: str) -> str:
     ]
     for g in sorted(result, key=lambda k: (k != "all", k)):
         r = result[g]
-        star = " *" if r["seeds"] > 1 and (r["low"] > 0 or r["high"] < 0) else ""
-        lines.append(
-            f"| {g} | {r['seeds']} | {r['devices']} | {r['mean']:+.3f} "
-            f"[{r['low']:+.3f}, {r['high']:+.3f}]{star} | {r['better']} / {r['worse']} |"
-        )
+        diff = format_interval(r["mean"], r["low"], r["high"])
+        counts = f"{r['better']} / {r['worse']}"
+        lines.append(f"| {g} | {r['seeds']} | {r['devices']} | {diff} | {counts} |")
     return "\n".join(lines)
 
 

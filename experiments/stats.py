@@ -52,7 +52,19 @@ class PairedDiff:
     @property
     def significant(self) -> bool:
         """The interval excludes 0."""
-        return self.n > 1 and (self.low > 0 or self.high < 0)
+        return self.n > 1 and excludes_zero(self.low, self.high)
+
+
+def excludes_zero(low: float, high: float) -> bool:
+    """Whether the interval ``[low, high]`` excludes 0 (never for NaN bounds)."""
+    return low > 0 or high < 0
+
+
+def format_interval(mean: float, low: float, high: float) -> str:
+    """``+0.012 [-0.003, +0.027]``, with `` *`` when the interval excludes 0."""
+    mark = " *" if excludes_zero(low, high) else ""
+    interval = "" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]"
+    return f"{mean:+.3f}{interval}{mark}"
 
 
 def value(summary: dict, metric: str, block: str = "tail") -> float | None:
@@ -143,9 +155,7 @@ def diff_table(results: dict[str, list[dict]], metrics: tuple[str, ...]) -> str:
                     cells.append("n/a")
                     continue
                 n = max(n, d.n)
-                mark = " *" if d.significant else ""
-                interval = "" if math.isnan(d.low) else f" [{d.low:+.3f}, {d.high:+.3f}]"
-                cells.append(f"{d.mean:+.3f}{interval}{mark}")
+                cells.append(format_interval(d.mean, d.low, d.high))
             lines.append(f"| {a} - {b} | {n} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("`*`: the 95% interval of the paired difference excludes 0.")

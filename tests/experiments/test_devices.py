@@ -26,7 +26,7 @@ def _run(root: Path, method: str, seed: int, per_round: list[dict[int, float]]) 
     (folder / "summary.json").write_text(json.dumps({"num_nodes": 2}))
 
 
-def _groups(run_config: dict, num_nodes: int, seed: int) -> dict[int, str]:
+def _groups(run_config: dict, num_nodes: int) -> dict[int, str]:
     return {0: "multimodal", 1: "unimodal"}
 
 
