@@ -128,6 +128,8 @@ class Device:
             rep_ids, reps = np.zeros(0, np.int64), np.zeros((0, s.model.fused_dim), np.float32)
         if comps.amt:
             # Private stage: the device's own copy goes on learning its private data.
+            if not s.ccl.private_stage:
+                terms.pop("ccl", None)
             report = self._stage(self.data.train, steps - shared_steps, rng, terms)
             metrics.update(report.flat("private"))
         return DeviceUpdate(

@@ -215,6 +215,10 @@ class CclSettings(_Section):
     temperature: float = Field(0.07, gt=0)  # GRAM's default
     label_smoothing: float = Field(0.1, ge=0, lt=1)  # GRAM's default
     weight: float = Field(0.1, ge=0)
+    # Where CCL acts besides the devices' shared stage: the cloud's training on the
+    # public data, and the devices' private (AMT) stage.
+    cloud: bool = True
+    private_stage: bool = True
 
 
 class SecclSettings(_Section):

@@ -136,7 +136,13 @@ def done_summary(config: dict, num_nodes: int) -> dict | None:
 
 
 def _same_run(saved: dict, wanted: dict) -> bool:
-    """Whether two resolved configs describe the same run (a resumed run is the same run)."""
+    """Whether two resolved configs describe the same run (a resumed run is the same run).
+
+    A key the saved config lacks was added after that run; it counts at its
+    default, since a key is added with the default that keeps the earlier behaviour.
+    """
+    defaults = json.loads(json.dumps(flatten(RunSettings())))
+    saved = {**{k: defaults[k] for k in wanted.keys() - saved.keys() if k in defaults}, **saved}
     return {k: v for k, v in saved.items() if k != "resume"} == {
         k: v for k, v in wanted.items() if k != "resume"
     }

@@ -66,7 +66,7 @@ class Cloud:
         if s.server.steps == 0:
             return {}
         terms: dict[str, ExtraLoss] = {}
-        if comps.ccl:
+        if comps.ccl and s.ccl.cloud:
             terms["ccl"] = ccl_term(s.ccl)
         if comps.seccl or comps.rep_exchange:
             term = anchor_term(consensus_ids, consensus, s.seccl.server_weight, s.ccl)

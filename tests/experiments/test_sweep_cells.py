@@ -31,3 +31,11 @@ def test_finished_cells_are_skipped_and_a_resumed_cell_counts_as_finished(
     # another configuration of the same cell is not "finished"
     with pytest.raises(AssertionError, match="run again"):
         runner.sweep([{**config, "train.lr": 0.01}], NODES, 1)
+
+
+def test_a_key_added_after_a_run_counts_at_its_default():
+    wanted = runner.resolved({"method": "mlecs", "seed": 0})
+    older = {k: v for k, v in wanted.items() if k != "ccl.cloud"}  # saved before the key
+    assert runner._same_run(older, wanted)
+    assert not runner._same_run(older, {**wanted, "ccl.cloud": not wanted["ccl.cloud"]})
+    assert not runner._same_run({**older, "train.lr": 0.5}, wanted)
