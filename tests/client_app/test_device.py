@@ -60,3 +60,19 @@ def test_optimizer_moments_survive_a_round_trip(tiny_config: dict):
     for k, v in saved.items():
         if k.startswith("opt/"):
             np.testing.assert_array_equal(restored[k], v)
+
+
+def test_ccl_private_stage_switch_keeps_ccl_in_the_shared_stage(tiny_config: dict):
+    def ccl_terms(private_stage: bool) -> set[str]:
+        config = {**tiny_config, "method": "mlecs", "ccl.private-stage": private_stage}
+        settings = RunSettings.from_run_config(config)
+        payload = GlobalPayload(
+            state=initial_global_state(settings, reference_edge_model(settings))
+        )
+        device = Device(settings, DeviceIdentity(0, 2))
+        device.restore(None, payload)
+        metrics = device.train(payload, server_round=1).metrics
+        return {k for k in metrics if k.endswith("_loss_ccl")}
+
+    assert ccl_terms(True) == {"shared_loss_ccl", "private_loss_ccl"}
+    assert ccl_terms(False) == {"shared_loss_ccl"}
