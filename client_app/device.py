@@ -158,6 +158,7 @@ class Device:
             rng,
             terms,
             probe=self.encoder_side,
+            max_share={"ccl": self.settings.ccl.max_share},
         )
 
     # -------------------------------------------------------------- evaluation

@@ -219,6 +219,10 @@ class CclSettings(_Section):
     # public data, and the devices' private (AMT) stage.
     cloud: bool = True
     private_stage: bool = True
+    # Cap on CCL's share of the encoder-side gradient norm, measured at each
+    # stage's first step (1 = no cap): as the LM loss falls on a device's few
+    # samples, CCL's share otherwise grows past the LM's.
+    max_share: float = Field(1.0, gt=0, le=1)
 
 
 class SecclSettings(_Section):

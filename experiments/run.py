@@ -34,6 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from common.atomic import write_text
+from common.methods import METHODS, Components
 from common.run_config import parse_overrides, read_toml_config
 from common.settings import ConfigError, RunSettings, flatten
 from experiments.exclusive import SweepBusy, die_with_parent, exclusive
@@ -135,17 +136,30 @@ def done_summary(config: dict, num_nodes: int) -> dict | None:
     return summary if same and summary.get("rounds") else None
 
 
+# Keys added after finished runs were saved, with the value those runs ran with.
+ADDED_KEYS = {"ccl.cloud": True, "ccl.private-stage": True, "ccl.max-share": 1.0}
+# Keys that act only through CCL: they do not tell apart two runs of a method without it.
+CCL_KEYS = ("ccl.weight", "ccl.cloud", "ccl.private-stage", "ccl.max-share")
+
+
+def _identity(flat: dict) -> dict:
+    method = flat.get("method")
+    ccl = method in METHODS and Components.for_method(method).ccl
+    return {
+        k: v
+        for k, v in {**ADDED_KEYS, **flat}.items()
+        if k != "resume" and (ccl or k not in CCL_KEYS)
+    }
+
+
 def _same_run(saved: dict, wanted: dict) -> bool:
     """Whether two resolved configs describe the same run (a resumed run is the same run).
 
-    A key the saved config lacks was added after that run; it counts at its
-    default, since a key is added with the default that keeps the earlier behaviour.
+    A key the saved config lacks was added after that run and counts at the value
+    it ran with (:data:`ADDED_KEYS`); keys that cannot act under the method are
+    not compared.
     """
-    defaults = json.loads(json.dumps(flatten(RunSettings())))
-    saved = {**{k: defaults[k] for k in wanted.keys() - saved.keys() if k in defaults}, **saved}
-    return {k: v for k, v in saved.items() if k != "resume"} == {
-        k: v for k, v in wanted.items() if k != "resume"
-    }
+    return _identity(saved) == _identity(wanted)
 
 
 def prepare(config: dict) -> dict:

@@ -81,6 +81,7 @@ class Cloud:
             rng,
             terms,
             probe=self._encoder_side,
+            max_share={"ccl": s.ccl.max_share},
         )
         return report.flat("server")
 

@@ -45,19 +45,24 @@ class StageReport:
         Mean of each loss term over the stage (``lm``, extra terms by name, ``total``).
     grad_share : dict of str to float
         Each term's share of the summed gradient norms at the stage's first step,
-        measured on the probe parameters (the encoder side, where every term acts).
+        measured on the probe parameters (the encoder side, where every term acts),
+        before any cap.
+    scale : dict of str to float
+        The factor a capped term was scaled by for the stage (1 when under its cap).
     """
 
     steps: int = 0
     examples: int = 0
     losses: dict[str, float] = field(default_factory=dict)
     grad_share: dict[str, float] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)
 
     def flat(self, prefix: str) -> dict[str, float]:
         """``{prefix}_steps``, ``{prefix}_loss_<term>``, ``{prefix}_share_<term>``..."""
         out = {f"{prefix}_steps": float(self.steps), f"{prefix}_examples": float(self.examples)}
         out.update({f"{prefix}_loss_{k}": v for k, v in self.losses.items()})
         out.update({f"{prefix}_share_{k}": v for k, v in self.grad_share.items()})
+        out.update({f"{prefix}_scale_{k}": v for k, v in self.scale.items()})
         return out
 
 
@@ -136,6 +141,7 @@ class Trainer:
         rng: np.random.Generator,
         terms: dict[str, ExtraLoss] | None = None,
         probe: list[nn.Parameter] | None = None,
+        max_share: dict[str, float] | None = None,
     ) -> StageReport:
         """Train ``params`` for ``steps`` mini-batches of ``data``.
 
@@ -145,6 +151,9 @@ class Trainer:
             Extra loss terms by name, added to the LM loss.
         probe : list of torch.nn.Parameter, optional
             Where the gradient shares are measured (default: ``params``).
+        max_share : dict of str to float, optional
+            Caps on terms' gradient shares: a term whose share at the first step
+            is above its cap is scaled down for the whole stage to sit at the cap.
 
         Returns
         -------
@@ -158,6 +167,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
         shares: dict[str, float] = {}
+        scale: dict[str, float] = {}
         order = np.array([], dtype=np.int64)
         seen = 0
         for step in range(steps):
@@ -171,9 +181,13 @@ class Trainer:
                 value = term(batch, e, z)
                 if value is not None:
                     parts[name] = value
-            loss = sum(parts.values())
             if step == 0 and len(parts) > 1:
                 shares = _grad_shares(parts, [p for p in (probe or params) if p.requires_grad])
+                scale = capped_scales(shares, max_share or {})
+            for name, k in scale.items():
+                if name in parts:
+                    parts[name] = k * parts[name]
+            loss = sum(parts.values())
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -186,7 +200,22 @@ class Trainer:
         model.eval()
         # One host synchronisation per stage, not per step.
         losses = {k: float(v) / counts[k] for k, v in sums.items()}
-        return StageReport(steps=steps, examples=seen, losses=losses, grad_share=shares)
+        return StageReport(steps, seen, losses, shares, scale)
+
+
+def capped_scales(shares: dict[str, float], max_share: dict[str, float]) -> dict[str, float]:
+    """The factor that brings each capped term's gradient share down to its cap.
+
+    Scaling term ``c`` (share ``s``) by ``k`` gives it the share
+    ``k s / (k s + 1 - s)``; ``k = m (1 - s) / ((1 - m) s)`` sets that to the cap ``m``.
+    Terms at or under their cap keep 1.
+    """
+    out = {}
+    for name, cap in max_share.items():
+        s = shares.get(name, 0.0)
+        if name in shares:
+            out[name] = cap * (1 - s) / ((1 - cap) * s) if s > cap and cap < 1 else 1.0
+    return out
 
 
 def _grad_shares(parts: dict[str, torch.Tensor], probe: list[nn.Parameter]) -> dict[str, float]:

@@ -33,9 +33,17 @@ def test_finished_cells_are_skipped_and_a_resumed_cell_counts_as_finished(
         runner.sweep([{**config, "train.lr": 0.01}], NODES, 1)
 
 
-def test_a_key_added_after_a_run_counts_at_its_default():
-    wanted = runner.resolved({"method": "mlecs", "seed": 0})
+def test_a_key_added_after_a_run_counts_at_the_value_it_ran_with():
+    wanted = runner.resolved({"method": "mlecs", "seed": 0, "ccl.cloud": True})
     older = {k: v for k, v in wanted.items() if k != "ccl.cloud"}  # saved before the key
     assert runner._same_run(older, wanted)
-    assert not runner._same_run(older, {**wanted, "ccl.cloud": not wanted["ccl.cloud"]})
+    assert not runner._same_run(older, {**wanted, "ccl.cloud": False})
     assert not runner._same_run({**older, "train.lr": 0.5}, wanted)
+
+
+def test_ccl_keys_do_not_tell_apart_runs_of_a_method_without_ccl():
+    for method, same in (("fedit", True), ("no-ccl", True), ("mlecs", False)):
+        a = runner.resolved({"method": method, "seed": 0})
+        b = {**a, "ccl.private-stage": not a["ccl.private-stage"], "ccl.weight": 0.3}
+        assert runner._same_run(a, b) is same
+        assert not runner._same_run(a, {**a, "seccl.weight": 0.3, "train.lr": 0.5})
