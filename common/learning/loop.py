@@ -48,7 +48,7 @@ class StageReport:
         measured on the probe parameters (the encoder side, where every term acts),
         before any cap.
     scale : dict of str to float
-        The factor a capped term was scaled by for the stage (1 when under its cap).
+        The factor each capped term was scaled by for the stage (1 when under its cap).
     """
 
     steps: int = 0
@@ -208,13 +208,13 @@ def capped_scales(shares: dict[str, float], max_share: dict[str, float]) -> dict
 
     Scaling term ``c`` (share ``s``) by ``k`` gives it the share
     ``k s / (k s + 1 - s)``; ``k = m (1 - s) / ((1 - m) s)`` sets that to the cap ``m``.
-    Terms at or under their cap keep 1.
+    Terms at or under their cap keep 1; a cap of 1 is no cap (no entry).
     """
     out = {}
     for name, cap in max_share.items():
-        s = shares.get(name, 0.0)
-        if name in shares:
-            out[name] = cap * (1 - s) / ((1 - cap) * s) if s > cap and cap < 1 else 1.0
+        if name in shares and cap < 1:
+            s = shares[name]
+            out[name] = cap * (1 - s) / ((1 - cap) * s) if s > cap else 1.0
     return out
 
 
