@@ -1,0 +1,66 @@
+"""The ceilings: pooled data, both ceilings on tiny settings, the CLI's rows and threads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from common.data.views import build_client_data
+from common.settings import RunSettings
+from experiments import ceilings
+
+NODES = 3
+
+
+def test_pooled_holds_every_train_split_and_each_public_sample_once(tiny_config: dict):
+    settings = RunSettings.from_run_config(tiny_config)
+    devices = [build_client_data(settings, p, NODES) for p in range(NODES)]
+    train, tests = ceilings.pooled(settings, NODES)
+    public = {int(i) for d in devices for i in d.public.ids}
+    assert len(train) == sum(len(d.train) for d in devices) + len(public)
+    assert [len(t) for t in tests] == [len(d.test) for d in devices]
+    assert len(np.unique(train.ids)) == len(train)
+
+
+def test_window_features_zero_an_absent_modality(tiny_config: dict):
+    settings = RunSettings.from_run_config(tiny_config)
+    train, _ = ceilings.pooled(settings, NODES)
+    feats = ceilings.window_features(train)
+    sensors = [j for j, spec in enumerate(train.specs) if spec.kind == "sensor"]
+    per_modality = feats.shape[1] // len(sensors)
+    assert feats.shape[0] == len(train)
+    for k, j in enumerate(sensors):
+        block = feats[:, k * per_modality : (k + 1) * per_modality]
+        absent = ~train.mask[:, j].astype(bool)
+        assert np.all(block[absent] == 0)
+        np.testing.assert_array_equal(block[:, -1], train.mask[:, j].astype(np.float32))
+
+
+def test_both_ceilings_score_between_0_and_1(tiny_config: dict):
+    settings = RunSettings.from_run_config(tiny_config)
+    central = ceilings.centralized(settings, 2)
+    assert set(central) == {"f1", "rouge_lsum"} and all(0 <= v <= 1 for v in central.values())
+    assert 0 <= ceilings.forest(settings, 2)["f1"] <= 1
+
+
+def test_main_writes_a_row_per_seed_under_the_pinned_threads(tmp_path, monkeypatch):
+    seen = []
+
+    def fake(settings, num_nodes):
+        seen.append((settings.seed, num_nodes, torch.get_num_threads()))
+        return {"f1": 0.5, "rouge_lsum": 0.5}
+
+    monkeypatch.setattr(ceilings, "centralized", fake)
+    monkeypatch.setattr(ceilings, "forest", fake)
+    before = torch.get_num_threads()
+    try:
+        ceilings.main(
+            ["--seeds", "3,4", "--num-nodes", "2", "--out", str(tmp_path), "--set", "threads=1"]
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert {s for s, _, _ in seen} == {3, 4} and all(t == 1 for _, _, t in seen)
+    rows = json.loads((tmp_path / "ceilings.json").read_text())
+    assert set(rows) == {"3", "4"} and rows["3"]["centralized"]["f1"] == 0.5
