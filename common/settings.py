@@ -204,9 +204,31 @@ class ServerSettings(_Section):
     """The cloud model trained by the ServerApp on the public data."""
 
     backbone: str = "edge"  # "edge" (same as the devices), or as model.backbone
+    # The cloud's encoder per modality kind, e.g. "sensor:cnn1d"; a kind not named
+    # takes the first of the devices' family (model.<kind>-encoders).
+    encoders: tuple[tuple[str, str], ...] = ()
     steps: int = Field(12, ge=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
+
+
+    @field_validator("encoders", mode="before")
+    @classmethod
+    def _pairs(cls, value: Any) -> tuple[tuple[str, str], ...]:
+        if not isinstance(value, str):
+            return tuple(tuple(v) for v in value)
+        allowed = {"sensor": SENSOR_ENCODERS, "image": IMAGE_ENCODERS, "text": TEXT_ENCODERS}
+        pairs: dict[str, str] = {}
+        for item in _csv(value):
+            kind, sep, name = (x.strip() for x in item.partition(":"))
+            if not sep or kind not in allowed:
+                raise ValueError(f"'{item}': expected <kind>:<encoder>, kind one of {list(allowed)}")
+            if name not in allowed[kind]:
+                raise ValueError(f"no {kind} encoder '{name}', expected one of {list(allowed[kind])}")
+            if kind in pairs:
+                raise ValueError(f"{kind} named twice")
+            pairs[kind] = name
+        return tuple(pairs.items())
 
 
 class CclSettings(_Section):

@@ -137,7 +137,12 @@ def done_summary(config: dict, num_nodes: int) -> dict | None:
 
 
 # Keys added after finished runs were saved, with the value those runs ran with.
-ADDED_KEYS = {"ccl.cloud": True, "ccl.private-stage": True, "ccl.max-share": 1.0}
+ADDED_KEYS = {
+    "ccl.cloud": True,
+    "ccl.private-stage": True,
+    "ccl.max-share": 1.0,
+    "server.encoders": "",
+}
 # Keys that act only through CCL: they do not tell apart two runs of a method without it.
 CCL_KEYS = ("ccl.weight", "ccl.cloud", "ccl.private-stage", "ccl.max-share")
 
