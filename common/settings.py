@@ -206,29 +206,32 @@ class ServerSettings(_Section):
     backbone: str = "edge"  # "edge" (same as the devices), or as model.backbone
     # The cloud's encoder per modality kind, e.g. "sensor:cnn1d"; a kind not named
     # takes the first of the devices' family (model.<kind>-encoders).
-    encoders: tuple[tuple[str, str], ...] = ()
+    encoders: tuple[str, ...] = ()
     steps: int = Field(12, ge=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
 
+    _csv_encoders = field_validator("encoders", mode="before")(_csv)
 
-    @field_validator("encoders", mode="before")
+    @field_validator("encoders")
     @classmethod
-    def _pairs(cls, value: Any) -> tuple[tuple[str, str], ...]:
-        if not isinstance(value, str):
-            return tuple(tuple(v) for v in value)
+    def _pairs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         allowed = {"sensor": SENSOR_ENCODERS, "image": IMAGE_ENCODERS, "text": TEXT_ENCODERS}
-        pairs: dict[str, str] = {}
-        for item in _csv(value):
-            kind, sep, name = (x.strip() for x in item.partition(":"))
+        kinds: set[str] = set()
+        for item in value:
+            kind, sep, name = item.partition(":")
             if not sep or kind not in allowed:
                 raise ValueError(f"'{item}': expected <kind>:<encoder>, kind one of {list(allowed)}")
             if name not in allowed[kind]:
                 raise ValueError(f"no {kind} encoder '{name}', expected one of {list(allowed[kind])}")
-            if kind in pairs:
+            if kind in kinds:
                 raise ValueError(f"{kind} named twice")
-            pairs[kind] = name
-        return tuple(pairs.items())
+            kinds.add(kind)
+        return value
+
+    def encoder_choices(self) -> dict[str, tuple[str]]:
+        """Modality kind -> the cloud's encoder, for the kinds ``encoders`` names."""
+        return {k: (n,) for k, _, n in (e.partition(":") for e in self.encoders)}
 
 
 class CclSettings(_Section):

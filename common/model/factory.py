@@ -134,7 +134,7 @@ def cloud_model(settings: RunSettings, task: TaskInfo | None = None) -> Multimod
     """The server's model: every modality, ``server.encoders`` or the first of each family."""
     task = task or task_info(settings)
     m = settings.model
-    choices = {**_encoder_choices(m), **{k: (v,) for k, v in settings.server.encoders}}
+    choices = {**_encoder_choices(m), **settings.server.encoder_choices()}
     kinds = {s.name: encoder_kind(s, choices, 0) for s in task.specs}
     spec = m.backbone if settings.server.backbone == "edge" else settings.server.backbone
     backbone = backbone_for(settings, task, spec)  # before seeding: see edge_model
