@@ -1,8 +1,10 @@
 """Where a difference between two methods comes from: paired per-device tail scores.
 
 A sweep's tables compare methods by the mean over devices. This breaks that
-difference down by the devices' modality sets (unimodal or multimodal devices
-differ in what CCL and fusion can do for them): for each seed both methods ran,
+difference down by the devices' modality sets (``--by modality``: unimodal or
+multimodal devices differ in what CCL and fusion can do for them) or by their
+encoders (``--by encoder``: devices cycle through the encoder families, and a weak
+encoder limits what any method can do): for each seed both methods ran,
 each device's tail score (its mean over the last ``--tail`` evaluated rounds of
 ``rounds.jsonl``) under method ``a`` minus the same device's under ``b``,
 averaged within each group of devices; then over seeds, a mean with a 95%
@@ -10,7 +12,8 @@ t interval (the seed stays the unit of replication, as in `experiments.stats`).
 
 Usage::
 
-    python -m experiments.devices --runs outputs/hapt_scarce_skew/runs --a no-ccl --b mlecs
+    python -m experiments.devices --runs outputs/hapt_scarce_skew/runs --a no-ccl --b mlecs \
+        [--by modality|encoder]
 """
 
 from __future__ import annotations
@@ -54,6 +57,29 @@ def modality_groups(run_config: dict, num_nodes: int) -> dict[int, str]:
         pid: "multimodal" if len(held_modalities(settings, pid, num_nodes)) > 1 else "unimodal"
         for pid in range(num_nodes)
     }
+
+
+def encoder_groups(run_config: dict, num_nodes: int) -> dict[int, str]:
+    """Partition id -> the device's encoders, e.g. ``"sensor:gru"``, as the run built them."""
+    from common.data.views import held_modalities, task_info
+    from common.model.encoders import encoder_kind
+    from common.model.factory import encoder_choices
+    from common.settings import RunSettings
+
+    settings = RunSettings.from_run_config(run_config)
+    specs = {s.name: s for s in task_info(settings).specs}
+    choices = encoder_choices(settings.model)
+    out = {}
+    for pid in range(num_nodes):
+        kinds = {
+            f"{specs[m].kind}:{encoder_kind(specs[m], choices, pid)}"
+            for m in held_modalities(settings, pid, num_nodes)
+        }
+        out[pid] = "+".join(sorted(kinds))
+    return out
+
+
+GROUPINGS: dict[str, Groups] = {"modality": modality_groups, "encoder": encoder_groups}
 
 
 def _read_run(folder: Path) -> tuple[list[dict], dict, dict]:
@@ -144,8 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--b", required=True, help="method b")
     p.add_argument("--metric", default="f1", help="a per-device metric in rounds.jsonl")
     p.add_argument("--tail", type=int, default=5, help="last evaluated rounds averaged")
+    p.add_argument("--by", choices=sorted(GROUPINGS), default="modality", help="device groups")
     args = p.parse_args(argv)
-    result = compare(args.runs, args.a, args.b, args.metric, args.tail)
+    result = compare(args.runs, args.a, args.b, args.metric, args.tail, GROUPINGS[args.by])
     if not result:
         raise SystemExit(f"error: no seed with finished runs of both '{args.a}' and '{args.b}'")
     print(table(result, args.a, args.b, args.metric))

@@ -82,7 +82,8 @@ def place(settings: RunSettings, model: MultimodalLM) -> MultimodalLM:
     return model.to(dev)
 
 
-def _encoder_choices(m: ModelSettings) -> dict[str, tuple[str, ...]]:
+def encoder_choices(m: ModelSettings) -> dict[str, tuple[str, ...]]:
+    """Modality kind -> the encoder family devices cycle through."""
     return {
         "sensor": m.sensor_encoders,
         "image": m.image_encoders,
@@ -101,7 +102,7 @@ def edge_model(
     """
     task = task or task_info(settings)
     m = settings.model
-    choices = _encoder_choices(m)
+    choices = encoder_choices(m)
     specs = {s.name: s for s in task.specs}
     kinds = {name: encoder_kind(specs[name], choices, slot) for name in held}
     fusion = m.fusions[slot % len(m.fusions)]
@@ -134,7 +135,7 @@ def cloud_model(settings: RunSettings, task: TaskInfo | None = None) -> Multimod
     """The server's model: every modality, ``server.encoders`` or the first of each family."""
     task = task or task_info(settings)
     m = settings.model
-    choices = {**_encoder_choices(m), **settings.server.encoder_choices()}
+    choices = {**encoder_choices(m), **settings.server.encoder_choices()}
     kinds = {s.name: encoder_kind(s, choices, 0) for s in task.specs}
     spec = m.backbone if settings.server.backbone == "edge" else settings.server.backbone
     backbone = backbone_for(settings, task, spec)  # before seeding: see edge_model

@@ -36,6 +36,13 @@ def test_flat_run_config_parses_nested_and_lists():
     assert s.lora.rank == 4 and s.model.fusions == ("gated", "mean")
 
 
+def test_server_encoders_name_the_cloud_encoder_per_kind():
+    s = RunSettings.from_run_config({"server.encoders": "sensor:cnn1d, text:gru"})
+    assert s.server.encoder_choices() == {"sensor": ("cnn1d",), "text": ("gru",)}
+    assert flatten(s)["server.encoders"] == "sensor:cnn1d,text:gru"
+    assert RunSettings.from_run_config({}).server.encoder_choices() == {}
+
+
 @pytest.mark.parametrize(
     ("config", "named"),
     [
@@ -46,6 +53,9 @@ def test_flat_run_config_parses_nested_and_lists():
         ({"model.sensor-encoders": "mlp,lstm"}, "lstm"),
         ({"modality.scenario": "half"}, "modality.scenario"),
         ({"data.test-fraction": 1.5}, "data.test-fraction"),
+        ({"server.encoders": "sensor:lstm"}, "server.encoders"),
+        ({"server.encoders": "cnn1d"}, "server.encoders"),
+        ({"server.encoders": "sensor:gru,sensor:mlp"}, "server.encoders"),
     ],
 )
 def test_bad_config_is_rejected_naming_the_key(config: dict, named: str):

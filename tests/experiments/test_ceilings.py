@@ -43,6 +43,24 @@ def test_both_ceilings_score_between_0_and_1(tiny_config: dict):
     central = ceilings.centralized(settings, 2)
     assert set(central) == {"f1", "rouge_lsum"} and all(0 <= v <= 1 for v in central.values())
     assert 0 <= ceilings.forest(settings, 2)["f1"] <= 1
+    assert 0 <= ceilings.forest_own(settings, 2)["f1"] <= 1
+
+
+def test_forest_own_trains_each_device_on_its_own_data(tiny_config: dict, monkeypatch):
+    fits = []
+
+    def record(settings, train, tests):
+        fits.append((len(train), [len(t) for t in tests]))
+        return [0.5] * len(tests)
+
+    monkeypatch.setattr(ceilings, "_forest_f1", record)
+    for share in (True, False):
+        fits.clear()
+        settings = RunSettings.from_run_config({**tiny_config, "data.use-public-share": share})
+        assert ceilings.forest_own(settings, NODES) == {"f1": 0.5}
+        devices = [build_client_data(settings, p, NODES) for p in range(NODES)]
+        own = [len(d.train) + (len(d.public) if share else 0) for d in devices]
+        assert fits == [(n, [len(d.test)]) for n, d in zip(own, devices)]
 
 
 def test_main_writes_a_row_per_seed_under_the_pinned_threads(tmp_path, monkeypatch):
@@ -54,6 +72,7 @@ def test_main_writes_a_row_per_seed_under_the_pinned_threads(tmp_path, monkeypat
 
     monkeypatch.setattr(ceilings, "centralized", fake)
     monkeypatch.setattr(ceilings, "forest", fake)
+    monkeypatch.setattr(ceilings, "forest_own", fake)
     before = torch.get_num_threads()
     try:
         ceilings.main(

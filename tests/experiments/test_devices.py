@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.devices import compare, device_tail, table
+from experiments.devices import compare, device_tail, encoder_groups, table
 
 
 def _run(root: Path, method: str, seed: int, per_round: list[dict[int, float]]) -> None:
@@ -64,3 +64,8 @@ def test_compare_without_common_seeds_is_empty(tmp_path):
     _run(tmp_path, "a", 0, [{0: 0.5, 1: 0.5}])
     _run(tmp_path, "b", 1, [{0: 0.5, 1: 0.5}])
     assert compare(tmp_path, "a", "b", groups=_groups) == {}
+
+
+def test_encoder_groups_follow_the_devices_encoder_cycle(tiny_config: dict):
+    config = {**tiny_config, "model.sensor-encoders": "gru,mlp", "modality.scenario": "full"}
+    assert encoder_groups(config, 3) == {0: "sensor:gru", 1: "sensor:mlp", 2: "sensor:gru"}

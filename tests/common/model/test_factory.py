@@ -44,6 +44,18 @@ def test_models_share_frozen_backbone_weights_but_not_adapters(tiny_config: dict
     assert not torch.allclose(a.lm_loss(batch, z), b.lm_loss(batch, z))
 
 
+def test_the_cloud_takes_the_first_encoder_of_each_family_unless_named(tiny_config: dict):
+    plain = cloud_model(RunSettings.from_run_config(tiny_config))
+    named = cloud_model(RunSettings.from_run_config({**tiny_config, "server.encoders": "sensor:gru"}))
+    assert {type(e).__name__ for e in plain.encoders.values()} == {"SensorMLP"}
+    assert {type(e).__name__ for e in named.encoders.values()} == {"SensorGRU"}
+    # the fused space and the prompt map start alike whatever the encoders
+    for part in ("to_fused", "to_prompt"):
+        a, b = getattr(plain.connector, part), getattr(named.connector, part)
+        for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(p, q), f"{part}.{n}"
+
+
 def test_autocast_is_off_on_cpu_and_runs_bf16_when_set(tiny_config: dict):
     # Prepare
     s = RunSettings.from_run_config(tiny_config)
