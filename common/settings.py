@@ -221,9 +221,11 @@ class ServerSettings(_Section):
         for item in value:
             kind, sep, name = item.partition(":")
             if not sep or kind not in allowed:
-                raise ValueError(f"'{item}': expected <kind>:<encoder>, kind one of {list(allowed)}")
+                kinds_ = list(allowed)
+                raise ValueError(f"'{item}': expected <kind>:<encoder>, kind one of {kinds_}")
             if name not in allowed[kind]:
-                raise ValueError(f"no {kind} encoder '{name}', expected one of {list(allowed[kind])}")
+                names = list(allowed[kind])
+                raise ValueError(f"no {kind} encoder '{name}', expected one of {names}")
             if kind in kinds:
                 raise ValueError(f"{kind} named twice")
             kinds.add(kind)

@@ -46,7 +46,8 @@ def test_models_share_frozen_backbone_weights_but_not_adapters(tiny_config: dict
 
 def test_the_cloud_takes_the_first_encoder_of_each_family_unless_named(tiny_config: dict):
     plain = cloud_model(RunSettings.from_run_config(tiny_config))
-    named = cloud_model(RunSettings.from_run_config({**tiny_config, "server.encoders": "sensor:gru"}))
+    gru = {**tiny_config, "server.encoders": "sensor:gru"}
+    named = cloud_model(RunSettings.from_run_config(gru))
     assert {type(e).__name__ for e in plain.encoders.values()} == {"SensorMLP"}
     assert {type(e).__name__ for e in named.encoders.values()} == {"SensorGRU"}
     # the fused space and the prompt map start alike whatever the encoders
