@@ -3,7 +3,8 @@
 * ``centralized``: the framework's own model (the cloud's: every modality, its
   encoders from ``server.encoders`` or else the first of each family, the same
   connector, backbone and adapters) trained on the pooled
-  data of all devices (their private train splits and public shares) for the
+  data of all devices (their private train splits, and their public shares when
+  ``data.use-public-share`` is set, as the devices train on them) for the
   federation's whole device step budget (rounds x steps x devices), then scored
   on each device's test split with the device's modalities, like a device is.
 * ``forest``: a random forest on per-channel window statistics (mean, std, min,
@@ -47,11 +48,17 @@ from common.settings import RunSettings
 
 
 def pooled(settings: RunSettings, num_nodes: int) -> tuple[SampleSet, list[SampleSet]]:
-    """Every device's train split and public share pooled (public ids once), and their tests."""
+    """Every device's training data pooled (public ids once), and their tests.
+
+    A device's training data is its train split, and its public share when
+    ``data.use-public-share`` is set (as the devices train on it).
+    """
     devices = [build_client_data(settings, p, num_nodes) for p in range(num_nodes)]
     parts, seen = [], set()
     for d in devices:
         parts.append(d.train.subset(np.arange(len(d.train))))
+        if not settings.data.use_public_share:
+            continue
         fresh = [i for i, sid in enumerate(d.public.ids) if int(sid) not in seen]
         seen.update(int(d.public.ids[i]) for i in fresh)
         parts.append(d.public.subset(np.array(fresh, np.int64)))

@@ -22,6 +22,10 @@ def test_pooled_holds_every_train_split_and_each_public_sample_once(tiny_config:
     assert len(train) == sum(len(d.train) for d in devices) + len(public)
     assert [len(t) for t in tests] == [len(d.test) for d in devices]
     assert len(np.unique(train.ids)) == len(train)
+    # without public shares the devices train on their train splits only, and so does the pool
+    private = RunSettings.from_run_config({**tiny_config, "data.use-public-share": False})
+    train, _ = ceilings.pooled(private, NODES)
+    assert len(train) == sum(len(d.train) for d in devices)
 
 
 def test_window_features_zero_an_absent_modality(tiny_config: dict):
