@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import write_text
-from common.data.samples import SampleSet
+from common.data.samples import ClientData, SampleSet
 from common.data.views import build_client_data, task_info
 from common.learning.evaluation import evaluate
 from common.learning.loop import Trainer
@@ -62,10 +62,18 @@ def pooled(settings: RunSettings, num_nodes: int) -> tuple[SampleSet, list[Sampl
         fresh = [i for i, sid in enumerate(d.public.ids) if int(sid) not in seen]
         seen.update(int(d.public.ids[i]) for i in fresh)
         parts.append(d.public.subset(np.array(fresh, np.int64)))
-    return _concat(parts), [d.test for d in devices]
+    return concat(parts), [d.test for d in devices]
 
 
-def _concat(parts: list[SampleSet]) -> SampleSet:
+def own_data(settings: RunSettings, device: ClientData) -> SampleSet:
+    """What a device trains on: its train split, and its public share when it uses it."""
+    if not settings.data.use_public_share:
+        return device.train
+    return concat([device.train, device.public])
+
+
+def concat(parts: list[SampleSet]) -> SampleSet:
+    """The samples of ``parts`` in order, renumbered ``0..N-1``."""
     return SampleSet(
         specs=parts[0].specs,
         inputs={k: np.concatenate([p.inputs[k] for p in parts]) for k in parts[0].inputs},
@@ -141,8 +149,7 @@ def forest_own(settings: RunSettings, num_nodes: int) -> dict[str, float]:
     f1s = []
     for p in range(num_nodes):
         d = build_client_data(settings, p, num_nodes)
-        own = _concat([d.train, d.public]) if settings.data.use_public_share else d.train
-        f1s.extend(_forest_f1(settings, own, [d.test]))
+        f1s.extend(_forest_f1(settings, own_data(settings, d), [d.test]))
     return {"f1": float(np.mean(f1s))}
 
 
