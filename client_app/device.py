@@ -22,7 +22,13 @@ from common.data.views import build_client_data, task_info
 from common.exchange import DeviceUpdate, GlobalPayload
 from common.learning.evaluation import evaluate, fused_representations
 from common.learning.loop import StageReport, Trainer
-from common.learning.losses import ExtraLoss, anchor_term, ccl_term, proximal_term
+from common.learning.losses import (
+    ExtraLoss,
+    anchor_term,
+    ccl_term,
+    on_unlabelled,
+    proximal_term,
+)
 from common.model.adapters import SHARED, adapter_parameters
 from common.model.factory import edge_model
 from common.model.multimodal import MultimodalLM
@@ -109,6 +115,10 @@ class Device:
         if comps.seccl or comps.rep_exchange:
             # SE-CCL: the cloud's z^s as anchors; CreamFL: the devices' consensus.
             term = anchor_term(payload.anchor_ids, payload.anchors, s.seccl.weight, s.ccl)
+            if term is not None and not s.data.use_public_share and s.seccl.unlabelled_public:
+                # The anchored public share is not in the training batches: align
+                # its representations to the anchors without using its labels.
+                term = on_unlabelled(term, m, self.data.public, s.train.batch_size, rng)
             if term is not None:
                 terms["seccl" if comps.seccl else "creamfl"] = term
         if comps.prox:

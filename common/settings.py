@@ -257,6 +257,9 @@ class SecclSettings(_Section):
 
     weight: float = Field(0.1, ge=0)  # device term, server z^s as anchor
     server_weight: float = Field(0.1, ge=0)  # cloud term, edge consensus as anchor
+    # Without data.use-public-share the public share is not in the training batches;
+    # true: its inputs (never its labels) are still pulled to their anchors.
+    unlabelled_public: bool = False
 
 
 class MmaSettings(_Section):

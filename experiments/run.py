@@ -142,19 +142,25 @@ ADDED_KEYS = {
     "ccl.private-stage": True,
     "ccl.max-share": 1.0,
     "server.encoders": "",
+    "seccl.unlabelled-public": False,
 }
 # Keys that act only through CCL: they do not tell apart two runs of a method without it.
 CCL_KEYS = ("ccl.weight", "ccl.cloud", "ccl.private-stage", "ccl.max-share")
+# Acts only for a method with device anchors (SE-CCL, CreamFL) without public shares.
+UNLABELLED_KEY = "seccl.unlabelled-public"
 
 
 def _identity(flat: dict) -> dict:
-    method = flat.get("method")
-    ccl = method in METHODS and Components.for_method(method).ccl
-    return {
-        k: v
-        for k, v in {**ADDED_KEYS, **flat}.items()
-        if k != "resume" and (ccl or k not in CCL_KEYS)
-    }
+    merged = {**ADDED_KEYS, **flat}
+    method = merged.get("method")
+    comps = Components.for_method(method) if method in METHODS else None
+    inert = {"resume"}
+    if comps is None or not comps.ccl:
+        inert.update(CCL_KEYS)
+    anchored = comps is not None and (comps.seccl or comps.rep_exchange)
+    if not anchored or merged.get("data.use-public-share", True):
+        inert.add(UNLABELLED_KEY)
+    return {k: v for k, v in merged.items() if k not in inert}
 
 
 def _same_run(saved: dict, wanted: dict) -> bool:

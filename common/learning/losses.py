@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.data.samples import SampleSet
 from common.learning.contrastive import ccl_loss, volume_infonce
-from common.model.multimodal import Batch
+from common.model.multimodal import Batch, MultimodalLM
 from common.settings import CclSettings
 
 # Extra loss terms get the batch, the embeddings e (B, M, D) and z (B, F).
@@ -64,6 +65,45 @@ def anchor_term(
         )
 
     return term
+
+
+def on_unlabelled(
+    term: ExtraLoss,
+    model: MultimodalLM,
+    data: SampleSet,
+    batch_size: int,
+    rng: np.random.Generator,
+) -> ExtraLoss:
+    """Apply ``term`` at each step to a batch of ``data`` instead of the training batch.
+
+    For an anchor term (SE-CCL, CreamFL) whose anchored samples, a device's public
+    share, are not among what it trains its answers on (``data.use-public-share``
+    false): their inputs still pass through the encoder side and are pulled towards
+    their anchors, while their labels are never used.
+
+    Parameters
+    ----------
+    term : ExtraLoss
+        The term, e.g. from :func:`anchor_term`.
+    model : MultimodalLM
+        The model whose encoder side computes the extra batch's ``e`` and ``z``.
+    data : SampleSet
+        The samples the term acts on (their ids are matched to the anchors).
+    batch_size : int
+        Samples drawn per step (all of ``data`` when fewer).
+    rng : numpy.random.Generator
+        Draws the samples.
+    """
+
+    def wrapped(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
+        if len(data) == 0:
+            return None
+        index = rng.choice(len(data), min(batch_size, len(data)), replace=False)
+        extra = model.make_batch(data, index)
+        extra_e, extra_z = model.represent(extra)
+        return term(extra, extra_e, extra_z)
+
+    return wrapped
 
 
 def proximal_term(params: list[nn.Parameter], mu: float) -> ExtraLoss:

@@ -76,3 +76,34 @@ def test_ccl_private_stage_switch_keeps_ccl_in_the_shared_stage(tiny_config: dic
 
     assert ccl_terms(True) == {"shared_loss_ccl", "private_loss_ccl"}
     assert ccl_terms(False) == {"shared_loss_ccl"}
+
+
+def test_unlabelled_public_share_is_anchored_but_not_trained_on(tiny_config: dict):
+    def train(share: bool, unlabelled: bool) -> tuple[set[str], int]:
+        config = {
+            **tiny_config,
+            "method": "mlecs",
+            "data.use-public-share": share,
+            "seccl.unlabelled-public": unlabelled,
+        }
+        settings = RunSettings.from_run_config(config)
+        device = Device(settings, DeviceIdentity(0, 2))
+        ids = device.data.public.ids
+        anchors = np.random.default_rng(0).normal(size=(len(ids), settings.model.fused_dim))
+        payload = GlobalPayload(
+            state=initial_global_state(settings, reference_edge_model(settings)),
+            anchor_ids=ids,
+            anchors=anchors.astype(np.float32),
+        )
+        device.restore(None, payload)
+        update = device.train(payload, server_round=1)
+        return {k for k in update.metrics if k.endswith("_loss_seccl")}, update.num_examples
+
+    with_share, n_share = train(share=True, unlabelled=False)
+    without, n_private = train(share=False, unlabelled=False)
+    aligned, n_aligned = train(share=False, unlabelled=True)
+    assert "shared_loss_seccl" in with_share
+    assert without == set()  # no public sample in the batches: no anchor matches
+    assert "shared_loss_seccl" in aligned
+    # the public share adds training examples only when its labels are trained on
+    assert n_aligned == n_private < n_share

@@ -47,3 +47,14 @@ def test_ccl_keys_do_not_tell_apart_runs_of_a_method_without_ccl():
         b = {**a, "ccl.private-stage": not a["ccl.private-stage"], "ccl.weight": 0.3}
         assert runner._same_run(a, b) is same
         assert not runner._same_run(a, {**a, "seccl.weight": 0.3, "train.lr": 0.5})
+
+
+def test_the_unlabelled_public_key_tells_apart_only_anchored_runs_without_shares():
+    key = "seccl.unlabelled-public"
+    cases = [("mlecs", False, False), ("creamfl", False, False), ("mlecs", True, True)]
+    cases += [("fedit", False, True), ("standalone", False, True)]
+    for method, share, same in cases:
+        a = runner.resolved({"method": method, "seed": 0, "data.use-public-share": share})
+        older = {k: v for k, v in a.items() if k != key}  # saved before the key
+        assert runner._same_run(older, {**a, key: True}) is same, method
+        assert runner._same_run(older, {**a, key: False})
