@@ -259,7 +259,7 @@ class SecclSettings(_Section):
     server_weight: float = Field(0.1, ge=0)  # cloud term, edge consensus as anchor
     # Without data.use-public-share the public share is not in the training batches;
     # true: its inputs (never its labels) are still pulled to their anchors.
-    unlabelled_public: bool = False
+    unlabelled_public: bool = True
 
 
 class MmaSettings(_Section):
