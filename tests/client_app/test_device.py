@@ -104,6 +104,7 @@ def test_unlabelled_public_share_is_anchored_but_not_trained_on(tiny_config: dic
     aligned, n_aligned = train(share=False, unlabelled=True)
     assert "shared_loss_seccl" in with_share
     assert without == set()  # no public sample in the batches: no anchor matches
-    assert "shared_loss_seccl" in aligned
+    # drawn from the public share at every step, the term acts in both AMT stages
+    assert aligned == {"shared_loss_seccl", "private_loss_seccl"}
     # the public share adds training examples only when its labels are trained on
     assert n_aligned == n_private < n_share
