@@ -221,8 +221,8 @@ class ServerSettings(_Section):
         for item in value:
             kind, sep, name = item.partition(":")
             if not sep or kind not in allowed:
-                kinds_ = list(allowed)
-                raise ValueError(f"'{item}': expected <kind>:<encoder>, kind one of {kinds_}")
+                expected = list(allowed)
+                raise ValueError(f"'{item}': expected <kind>:<encoder>, kind one of {expected}")
             if name not in allowed[kind]:
                 names = list(allowed[kind])
                 raise ValueError(f"no {kind} encoder '{name}', expected one of {names}")
