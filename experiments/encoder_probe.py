@@ -105,13 +105,18 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     base = read_toml_config(args.config) if args.config else {}
     base.update(parse_overrides(args.set))
-    torch.set_num_threads(1)  # small models: one thread is fastest and reproducible
     out: dict[str, dict[str, float]] = {}
-    for seed in (int(s) for s in args.seeds.split(",") if s):
-        settings = RunSettings.from_run_config({**base, "seed": seed})
-        kinds = [k for k in args.kinds.split(",") if k] or list(settings.model.sensor_encoders)
-        out[str(seed)] = probe(settings, args.num_nodes, kinds, args.steps)
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in out[str(seed)].items()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: one thread is fastest and reproducible
+    try:
+        for seed in (int(s) for s in args.seeds.split(",") if s):
+            settings = RunSettings.from_run_config({**base, "seed": seed})
+            kinds = [k for k in args.kinds.split(",") if k] or list(settings.model.sensor_encoders)
+            out[str(seed)] = probe(settings, args.num_nodes, kinds, args.steps)
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in out[str(seed)].items())
+            print(f"seed {seed}: {scores}", flush=True)
+    finally:
+        torch.set_num_threads(before)  # the caller's setting (a test suite runs on after it)
     kinds = list(next(iter(out.values())))
     means = {k: float(np.mean([row[k] for row in out.values()])) for k in kinds}
     print("mean: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))

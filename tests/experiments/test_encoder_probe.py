@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 
 from common.data.views import build_client_data
 from common.settings import RunSettings
@@ -22,11 +23,13 @@ def test_probe_learns_a_device_train_split_it_is_scored_on(tiny_config: dict):
 
 def test_main_probes_every_encoder_of_the_family(tiny_config: dict, tmp_path):
     out = tmp_path / "probe.json"
+    threads = torch.get_num_threads()
     encoder_probe.main(
         ["--seeds", "0", "--num-nodes", "2", "--steps", "2", "--out", str(out)]
         + [f"--set={k}={v}" for k, v in tiny_config.items() if k == "cache-dir"]
         + ["--set", "model.sensor-encoders=mlp,gru"]
     )
+    assert torch.get_num_threads() == threads  # the probe's one thread does not leak
     rows = json.loads(out.read_text())
     assert set(rows["seeds"]["0"]) == {"mlp", "gru"}
     assert all(0 <= v <= 1 for v in rows["mean"].values())

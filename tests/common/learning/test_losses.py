@@ -47,7 +47,7 @@ def test_anchor_term_on_unlabelled_pulls_their_z_to_the_anchors(tiny_config: dic
     losses = []
     for _ in range(15):
         loss = wrapped(train, e, z)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         opt.zero_grad()
         loss.backward()
         opt.step()
