@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.data.samples import ClientData, SampleSet
-from common.data.views import build_client_data, task_info
+from common.data.views import build_client_data, task_info, training_data
 from common.exchange import DeviceUpdate, GlobalPayload
 from common.learning.evaluation import evaluate, fused_representations
 from common.learning.loop import StageReport, Trainer
@@ -63,13 +63,7 @@ class Device:
         self.data: ClientData = build_client_data(
             settings, ident.partition_id, ident.num_partitions, ident.modalities
         )
-        # What the device trains on: its private split and (data.use-public-share)
-        # its public share; private ids are made negative so they never match a
-        # public anchor id.
-        use_public = settings.data.use_public_share
-        self.held = (
-            _concat(self.data.train, self.data.public) if use_public else _own(self.data.train)
-        )
+        self.held = training_data(settings, self.data)
         self.model: MultimodalLM = edge_model(
             settings, self.data.modalities, ident.partition_id, self.task
         )
@@ -183,21 +177,6 @@ class Device:
             t.eval_batch_size,
             t.max_new_tokens,
         )
-
-
-def _concat(a: SampleSet, b: SampleSet) -> SampleSet:
-    return SampleSet(
-        specs=a.specs,
-        inputs={k: np.concatenate([a.inputs[k], b.inputs[k]]) for k in a.inputs},
-        mask=np.concatenate([a.mask, b.mask]),
-        targets=a.targets + b.targets,
-        labels=np.concatenate([a.labels, b.labels]),
-        ids=np.concatenate([-1 - a.ids, b.ids]),
-    )
-
-
-def _own(a: SampleSet) -> SampleSet:
-    return SampleSet(a.specs, dict(a.inputs), a.mask, list(a.targets), a.labels, -1 - a.ids)
 
 
 def _held_counts(data: SampleSet, held: tuple[str, ...]) -> dict[str, int]:

@@ -27,6 +27,8 @@ SENSOR_ENCODERS = ("mlp", "cnn1d", "gru")
 IMAGE_ENCODERS = ("cnn", "mlp", "effnet-lite0")
 TEXT_ENCODERS = ("bow", "gru", "minilm", "minilm-lora")
 VECTOR_ENCODERS = ("mlp",)
+# Modality kind -> the encoders a device (or the cloud) may use for it.
+ENCODER_FAMILIES = {"sensor": SENSOR_ENCODERS, "image": IMAGE_ENCODERS, "text": TEXT_ENCODERS}
 FUSIONS = ("mean", "attention", "gated")
 
 
@@ -129,12 +131,8 @@ class ModelSettings(_Section):
     @field_validator("sensor_encoders", "image_encoders", "text_encoders", "fusions")
     @classmethod
     def _known(cls, value: tuple[str, ...], info: Any) -> tuple[str, ...]:
-        allowed = {
-            "sensor_encoders": SENSOR_ENCODERS,
-            "image_encoders": IMAGE_ENCODERS,
-            "text_encoders": TEXT_ENCODERS,
-            "fusions": FUSIONS,
-        }[info.field_name]
+        kind = info.field_name.removesuffix("_encoders")
+        allowed = FUSIONS if info.field_name == "fusions" else ENCODER_FAMILIES[kind]
         if not value:
             raise ValueError("needs at least one entry")
         bad = [v for v in value if v not in allowed]
@@ -216,7 +214,7 @@ class ServerSettings(_Section):
     @field_validator("encoders")
     @classmethod
     def _pairs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        allowed = {"sensor": SENSOR_ENCODERS, "image": IMAGE_ENCODERS, "text": TEXT_ENCODERS}
+        allowed = ENCODER_FAMILIES
         kinds: set[str] = set()
         for item in value:
             kind, sep, name = item.partition(":")

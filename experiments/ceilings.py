@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import write_text
-from common.data.samples import ClientData, SampleSet
-from common.data.views import build_client_data, task_info
+from common.data.samples import SampleSet
+from common.data.views import build_client_data, task_info, training_data
 from common.learning.evaluation import evaluate
 from common.learning.loop import Trainer
 from common.learning.metrics import macro_f1
@@ -63,13 +63,6 @@ def pooled(settings: RunSettings, num_nodes: int) -> tuple[SampleSet, list[Sampl
         seen.update(int(d.public.ids[i]) for i in fresh)
         parts.append(d.public.subset(np.array(fresh, np.int64)))
     return concat(parts), [d.test for d in devices]
-
-
-def own_data(settings: RunSettings, device: ClientData) -> SampleSet:
-    """What a device trains on: its train split, and its public share when it uses it."""
-    if not settings.data.use_public_share:
-        return device.train
-    return concat([device.train, device.public])
 
 
 def concat(parts: list[SampleSet]) -> SampleSet:
@@ -149,7 +142,7 @@ def forest_own(settings: RunSettings, num_nodes: int) -> dict[str, float]:
     f1s = []
     for p in range(num_nodes):
         d = build_client_data(settings, p, num_nodes)
-        f1s.extend(_forest_f1(settings, own_data(settings, d), [d.test]))
+        f1s.extend(_forest_f1(settings, training_data(settings, d), [d.test]))
     return {"f1": float(np.mean(f1s))}
 
 

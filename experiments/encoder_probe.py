@@ -29,13 +29,12 @@ from torch import nn
 
 from common.atomic import write_text
 from common.data.samples import SampleSet
-from common.data.views import build_client_data, task_info
+from common.data.views import build_client_data, task_info, training_data
 from common.learning.metrics import macro_f1
 from common.model.connector import masked_mean
 from common.model.encoders import build_encoder
 from common.run_config import parse_overrides, read_toml_config
 from common.settings import RunSettings
-from experiments.ceilings import own_data
 
 
 class Probe(nn.Module):
@@ -60,10 +59,19 @@ class Probe(nn.Module):
 
 
 def probe_device(
-    train: SampleSet, test: SampleSet, kind: str, settings: RunSettings, steps: int, seed: int
+    train: SampleSet,
+    test: SampleSet,
+    kind: str,
+    settings: RunSettings,
+    steps: int,
+    seed: int,
+    names: list[str] | None = None,
 ) -> float:
-    """Train a :class:`Probe` on ``train`` for ``steps`` steps; macro-F1 on ``test``."""
-    names = task_info(settings).class_names
+    """Train a :class:`Probe` on ``train`` for ``steps`` steps; macro-F1 on ``test``.
+
+    ``names`` are the class names (default: the task's, looked up here).
+    """
+    names = names or task_info(settings).class_names
     model = Probe(train, kind, settings.model.encoder_dim, len(names))
     t = settings.train
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -83,12 +91,14 @@ def probe_device(
 def probe(settings: RunSettings, num_nodes: int, kinds: list[str], steps: int) -> dict[str, float]:
     """Each encoder kind's mean macro-F1 over the devices of one seed."""
     scores: dict[str, list[float]] = {k: [] for k in kinds}
+    names = task_info(settings).class_names
     for p in range(num_nodes):
         d = build_client_data(settings, p, num_nodes)
-        own = own_data(settings, d)
+        own = training_data(settings, d)
         for kind in kinds:
             torch.manual_seed(settings.seed * 100 + p)
-            scores[kind].append(probe_device(own, d.test, kind, settings, steps, settings.seed))
+            f1 = probe_device(own, d.test, kind, settings, steps, settings.seed, names)
+            scores[kind].append(f1)
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 

@@ -171,3 +171,19 @@ def _finalise(samples: SampleSet) -> SampleSet:
         if spec.kind == "image" and values.dtype == np.uint8:
             samples.inputs[spec.name] = values.astype(np.float32) / 255.0
     return samples
+
+
+def training_data(settings: RunSettings, data: ClientData) -> SampleSet:
+    """What a device trains on: its train split and (``data.use-public-share``) its public share.
+
+    Private ids are made negative (``-1 - id``) so they never match a public anchor id.
+    """
+    sets = [data.train, data.public] if settings.data.use_public_share else [data.train]
+    return SampleSet(
+        specs=data.train.specs,
+        inputs={k: np.concatenate([x.inputs[k] for x in sets]) for k in data.train.inputs},
+        mask=np.concatenate([x.mask for x in sets]),
+        targets=[t for x in sets for t in x.targets],
+        labels=np.concatenate([x.labels for x in sets]),
+        ids=np.concatenate([-1 - data.train.ids, *(x.ids for x in sets[1:])]),
+    )
