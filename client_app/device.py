@@ -73,6 +73,7 @@ class Device:
         self.shared_params = [
             *m.connector.shared_parameters(),
             *adapter_parameters(m.lm, SHARED),
+            *m.encoder_adapters.parameters(),
         ]
         self.trainer = Trainer(
             m, self.encoder_side + self.shared_params, lr=t.lr, weight_decay=t.weight_decay

@@ -32,6 +32,9 @@ class Components(BaseModel):
     distill : bool
         FedCoLLM: the server distils between the aggregated edge model and the
         cloud model on public data, both ways.
+    share_encoders : bool
+        ML-ECS: devices with the same encoder kind share low-rank adapters of it
+        (when ``lora.encoder-rank > 0``).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -45,6 +48,7 @@ class Components(BaseModel):
     share_b: bool = True
     rep_exchange: bool = False
     distill: bool = False
+    share_encoders: bool = False
 
     @classmethod
     def for_method(cls, method: str) -> Components:
@@ -66,4 +70,4 @@ class Components(BaseModel):
         full = {"ccl": True, "amt": True, "mma": True, "seccl": True}
         if method.startswith("no-"):
             full[method[3:]] = False
-        return cls(federated=True, **full)
+        return cls(federated=True, share_encoders=True, **full)

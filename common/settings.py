@@ -148,6 +148,10 @@ class LoraSettings(_Section):
     alpha: float = Field(16.0, gt=0)
     private_rank: int = Field(8, ge=1)
     private_alpha: float = Field(16.0, gt=0)
+    # Encoders' low-rank adapters, shared by devices with the same encoder kind
+    # (ML-ECS methods only); 0 = encoders share nothing.
+    encoder_rank: int = Field(0, ge=0)
+    encoder_alpha: float = Field(8.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "down_proj")
 
@@ -323,6 +327,21 @@ class RunSettings(_Section):
     def _resume_needs_name(self) -> RunSettings:
         if self.resume and not self.run_name:
             raise ValueError("resume=true needs a run-name (the run directory to resume)")
+        return self
+
+    @model_validator(mode="after")
+    def _dp_without_encoder_groups(self) -> RunSettings:
+        # Central DP bounds one delta per device over keys every device sends;
+        # encoder adapters reach only their group, which that accounting does not cover.
+        if (
+            self.dp.noise_multiplier > 0
+            and self.components.share_encoders
+            and self.lora.encoder_rank
+        ):
+            raise ValueError(
+                "dp.noise-multiplier > 0 needs lora.encoder-rank = 0 for this method: "
+                "central DP does not cover encoder adapters shared by group"
+            )
         return self
 
     @property

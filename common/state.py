@@ -13,7 +13,15 @@ State = dict[str, np.ndarray]
 
 LORA = "lora/"  # the backbone's shared LoRA tensors, by peft key
 PROMPT = "prompt/"  # the shared low-rank adapter of the prompt map: prompt/lora_A, prompt/lora_B
-SHARED_PREFIXES = (LORA, PROMPT)
+SHARED_PREFIXES = (LORA, PROMPT)  # what every device of a federated method shares
+# Encoder adapters, ``enclora/<modality>/<kind>/<weight>/lora_A|B``: shared within a
+# group of devices with the same encoder kind (``common.model.encoder_adapters``).
+ENC_LORA = "enclora/"
+
+
+def group_of(key: str) -> str:
+    """The ``enclora/<modality>/<kind>/`` prefix of an encoder-adapter key."""
+    return "/".join(key.split("/")[:3]) + "/"
 
 
 def select(state: State, prefix: str) -> State:

@@ -143,11 +143,15 @@ ADDED_KEYS = {
     "ccl.max-share": 1.0,
     "server.encoders": "",
     "seccl.unlabelled-public": False,
+    "lora.encoder-rank": 0,
+    "lora.encoder-alpha": 8.0,
 }
 # Keys that act only through CCL: they do not tell apart two runs of a method without it.
 CCL_KEYS = ("ccl.weight", "ccl.cloud", "ccl.private-stage", "ccl.max-share")
 # Acts only for a method with device anchors (SE-CCL, CreamFL) without public shares.
 UNLABELLED_KEY = "seccl.unlabelled-public"
+# Act only for a method that shares encoder adapters (and the alpha only at a rank > 0).
+ENCODER_KEYS = ("lora.encoder-rank", "lora.encoder-alpha")
 
 
 def _identity(flat: dict) -> dict:
@@ -160,6 +164,10 @@ def _identity(flat: dict) -> dict:
     anchored = comps is not None and (comps.seccl or comps.rep_exchange)
     if not anchored or merged.get("data.use-public-share", True):
         inert.add(UNLABELLED_KEY)
+    if comps is None or not comps.share_encoders:
+        inert.update(ENCODER_KEYS)
+    elif not merged.get("lora.encoder-rank"):
+        inert.add("lora.encoder-alpha")
     return {k: v for k, v in merged.items() if k not in inert}
 
 

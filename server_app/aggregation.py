@@ -8,14 +8,15 @@ representations get a bound of their own: each row's deviation from the cloud's
 own view of that public sample is clipped against the median deviation, and a
 device whose rows point away from the cloud's is down-weighted. Nothing is
 averaged across unlike encoders: the parts that read a device's encoders (heads,
-fusion) stay on the device.
+fusion) stay on the device; an encoder adapter (``enclora/<modality>/<kind>/``) is
+averaged over the devices that hold that encoder kind, with their weights.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from common.state import SHARED_PREFIXES, State
+from common.state import ENC_LORA, SHARED_PREFIXES, State
 from server_app.contribution import Contribution
 
 
@@ -133,9 +134,12 @@ def _cosines_by_total(vectors, scales, weights) -> np.ndarray:
 def aggregate_shared(
     contribs: list[Contribution], weights: np.ndarray, clip_factor: float, disagreement: float
 ) -> tuple[State, np.ndarray, np.ndarray]:
-    """Weighted, damped mean of the shared deltas (``lora/`` and ``prompt/``).
+    """Weighted, damped mean of the shared deltas; encoder adapters by group.
 
-    The damping sees one vector per device: all of its shared deltas together.
+    The damping sees one vector per device: its ``lora/`` and ``prompt/`` deltas,
+    which every device sends. Each encoder-adapter key is then the mean over the
+    devices that sent it, with their final weights (renormalised over them) and
+    scales.
 
     Returns
     -------
@@ -150,16 +154,36 @@ def aggregate_shared(
     if not keys:
         return {}, weights, np.ones(len(contribs))
     if len(contribs) > _DIRECT_MAX:
-        return _aggregate_stacked(contribs, keys, weights, clip_factor, disagreement)
-    vectors = [_flat(c.delta, keys) for c in contribs]
-    scales, w = damp(vectors, weights, clip_factor, disagreement)
-    out: State = {}
-    for k in keys:
-        acc = sum(
-            w[i] * scales[i] * np.asarray(c.delta[k], np.float64) for i, c in enumerate(contribs)
-        )
-        out[k] = np.asarray(acc, np.float32)
+        out, w, scales = _aggregate_stacked(contribs, keys, weights, clip_factor, disagreement)
+    else:
+        vectors = [_flat(c.delta, keys) for c in contribs]
+        scales, w = damp(vectors, weights, clip_factor, disagreement)
+        out = {}
+        for k in keys:
+            acc = sum(
+                w[i] * scales[i] * np.asarray(c.delta[k], np.float64)
+                for i, c in enumerate(contribs)
+            )
+            out[k] = np.asarray(acc, np.float32)
+    out.update(_aggregate_groups(contribs, w, scales))
     return out, w, scales
+
+
+def _aggregate_groups(contribs: list[Contribution], w: np.ndarray, scales: np.ndarray) -> State:
+    """Each encoder-adapter key: the weighted mean over the devices that sent it."""
+    holders: dict[str, list[int]] = {}
+    for i, c in enumerate(contribs):
+        for k in c.delta:
+            if k.startswith(ENC_LORA):
+                holders.setdefault(k, []).append(i)
+    out: State = {}
+    for k, idx in sorted(holders.items()):
+        total = float(sum(w[i] for i in idx))
+        if total <= 0:
+            continue  # every holder was weighted out: the group keeps its state
+        acc = sum(w[i] * scales[i] * np.asarray(contribs[i].delta[k], np.float64) for i in idx)
+        out[k] = np.asarray(acc / total, np.float32)
+    return out
 
 
 def _aggregate_stacked(

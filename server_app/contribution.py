@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.exchange import DeviceUpdate
-from common.state import SHARED_PREFIXES, State, nbytes
+from common.state import ENC_LORA, SHARED_PREFIXES, State, group_of, nbytes
 
 
 @dataclass
@@ -65,7 +65,9 @@ def check_contribution(
     Parameters
     ----------
     reference : State
-        The global state sent this round; the delta's keys must match it exactly.
+        The global state sent this round: the delta holds exactly its ``lora/`` and
+        ``prompt/`` keys, and whole encoder groups (``enclora/``) of the device's
+        own modalities, at most one per modality.
     public_ids : set of int, optional
         Valid public sample ids for representations (None = not checked).
     """
@@ -81,15 +83,10 @@ def check_contribution(
     size = nbytes(c.delta) + int(np.asarray(c.reps).nbytes)
     if size > max_bytes:
         problems.append(f"implausible size {size} bytes (limit {max_bytes})")
-    ref_keys = {k for k in reference if k.startswith(SHARED_PREFIXES)}
-    got_keys = {k for k in c.delta if k.startswith(SHARED_PREFIXES)}
-    if c.delta and ref_keys != got_keys:
-        extra, missing = sorted(got_keys - ref_keys), sorted(ref_keys - got_keys)
-        problems.append(f"shared keys differ (unexpected {extra[:2]}, missing {missing[:2]})")
+    problems.extend(_check_keys(c, reference))
     for key, value in c.delta.items():
-        if not key.startswith(SHARED_PREFIXES):
-            problems.append(f"unexpected key '{key}'")
-            continue
+        if not key.startswith((*SHARED_PREFIXES, ENC_LORA)):
+            continue  # reported by _check_keys
         ref = reference.get(key)
         if ref is None:
             problems.append(f"unexpected key '{key}'")
@@ -102,6 +99,35 @@ def check_contribution(
         elif not np.isfinite(arr).all():
             problems.append(f"'{key}' has non-finite values")
     problems.extend(_check_reps(c, fused_dim, public_ids))
+    return problems
+
+
+def _check_keys(c: Contribution, reference: State) -> list[str]:
+    """The delta's keys: every shared key of the reference, and whole encoder groups of its own."""
+    if not c.delta:
+        return []
+    problems: list[str] = []
+    ref_keys = {k for k in reference if k.startswith(SHARED_PREFIXES)}
+    got_keys = {k for k in c.delta if k.startswith(SHARED_PREFIXES)}
+    if ref_keys != got_keys:
+        extra, missing = sorted(got_keys - ref_keys), sorted(ref_keys - got_keys)
+        problems.append(f"shared keys differ (unexpected {extra[:2]}, missing {missing[:2]})")
+    other = [k for k in c.delta if not k.startswith((*SHARED_PREFIXES, ENC_LORA))]
+    problems.extend(f"unexpected key '{k}'" for k in sorted(other)[:3])
+    groups = {group_of(k) for k in c.delta if k.startswith(ENC_LORA)}
+    kinds: dict[str, int] = {}
+    for g in sorted(groups):
+        ref_g = {k for k in reference if k.startswith(g)}
+        got_g = {k for k in c.delta if k.startswith(g)}
+        modality = g.split("/")[1]
+        kinds[modality] = kinds.get(modality, 0) + 1
+        if not ref_g:
+            problems.append(f"unknown encoder group '{g}'")
+        elif got_g != ref_g:
+            problems.append(f"encoder group '{g}' incomplete or with unknown keys")
+        elif modality not in c.modalities:
+            problems.append(f"encoder group '{g}' for a modality the device does not hold")
+    problems.extend(f"several encoder groups for '{m}'" for m, n in kinds.items() if n > 1)
     return problems
 
 

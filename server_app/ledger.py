@@ -6,15 +6,17 @@ from collections import defaultdict
 
 from flwr.app import RecordDict
 
-from common.state import LORA, PROMPT
+from common.state import ENC_LORA, LORA, PROMPT
 from proto.records import ANCHORS, ARRAYS, REPS, array_bytes, small_bytes
 
 KINDS = (
     "lora_down",
     "prompt_down",
+    "encoder_down",
     "reps_down",
     "lora_up",
     "prompt_up",
+    "encoder_up",
     "reps_up",
     "manifests",
     "metrics",
@@ -36,6 +38,7 @@ class Ledger:
         row = self.round[node]
         row["lora_down"] += array_bytes(content, ARRAYS, LORA)
         row["prompt_down"] += array_bytes(content, ARRAYS, PROMPT)
+        row["encoder_down"] += array_bytes(content, ARRAYS, ENC_LORA)
         row["reps_down"] += array_bytes(content, ANCHORS)
         row["manifests"] += small_bytes(content, manifests=True)
         row["metrics"] += small_bytes(content, manifests=False)
@@ -45,6 +48,7 @@ class Ledger:
         row = self.round[node]
         row["lora_up"] += array_bytes(content, ARRAYS, LORA)
         row["prompt_up"] += array_bytes(content, ARRAYS, PROMPT)
+        row["encoder_up"] += array_bytes(content, ARRAYS, ENC_LORA)
         row["reps_up"] += array_bytes(content, REPS)
         row["manifests"] += small_bytes(content, manifests=True)
         row["metrics"] += small_bytes(content, manifests=False)
@@ -58,8 +62,8 @@ class Ledger:
         if not nodes:
             return {}
         mean = {k: sum(n[k] for n in nodes) / len(nodes) for k in KINDS}
-        up = mean["lora_up"] + mean["prompt_up"] + mean["reps_up"]
-        down = mean["lora_down"] + mean["prompt_down"] + mean["reps_down"]
+        up = sum(mean[f"{k}_up"] for k in ("lora", "prompt", "encoder", "reps"))
+        down = sum(mean[f"{k}_down"] for k in ("lora", "prompt", "encoder", "reps"))
         # Metrics and manifests flow both ways; they are counted once, on the upload side.
         up += mean["metrics"] + mean["manifests"]
         return {

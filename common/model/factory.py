@@ -121,8 +121,15 @@ def edge_model(
         settings.lora,
         task.prompt,
         shared_seed(settings),
+        encoder_rank=shared_encoder_rank(settings),
+        encoder_alpha=settings.lora.encoder_alpha,
     )
     return place(settings, model)
+
+
+def shared_encoder_rank(settings: RunSettings) -> int:
+    """Rank of the edge encoders' shared adapters: 0 unless the method shares them."""
+    return settings.lora.encoder_rank if settings.components.share_encoders else 0
 
 
 def reference_edge_model(settings: RunSettings) -> MultimodalLM:

@@ -13,6 +13,7 @@ from common.data.samples import ModalitySpec, SampleSet
 from common.model.adapters import add_adapters, freeze_all
 from common.model.backbone import Backbone
 from common.model.connector import Connector
+from common.model.encoder_adapters import EncoderAdapter, encoder_seed, group_prefix
 from common.model.encoders import build_encoder
 from common.settings import LoraSettings, ModelSettings
 
@@ -70,6 +71,12 @@ class MultimodalLM(nn.Module):
         Seed of the connector parts every model of a run starts from alike.
     private_adapter : bool
         Give the backbone its own LoRA beside the shared one (the cloud model).
+    encoder_rank : int
+        Rank of the encoders' shared low-rank adapters (0 = none); with them, each
+        encoder starts from its kind's common seeded weights
+        (:mod:`common.model.encoder_adapters`).
+    encoder_alpha : float
+        Scale numerator of those adapters.
     """
 
     def __init__(
@@ -84,6 +91,8 @@ class MultimodalLM(nn.Module):
         prompt: str,
         shared_seed: int = 0,
         private_adapter: bool = False,
+        encoder_rank: int = 0,
+        encoder_alpha: float = 1.0,
     ) -> None:
         super().__init__()
         by_name = {s.name: s for s in specs}
@@ -91,18 +100,22 @@ class MultimodalLM(nn.Module):
         self.held = tuple(held)
         self.tokenizer = backbone.tokenizer
         self.encoder_kinds = dict(encoder_kinds)
-        self.encoders = nn.ModuleDict(
-            {
-                s.name: build_encoder(
-                    s,
-                    encoder_kinds[s.name],
-                    cfg.encoder_dim,
-                    len(self.tokenizer),
-                    self.tokenizer.pad_token_id,
-                )
-                for s in self.specs
-            }
-        )
+        self.encoders = nn.ModuleDict()
+        self.encoder_adapters = nn.ModuleDict()
+        for spec in self.specs:
+            kind = encoder_kinds[spec.name]
+            args = (spec, kind, cfg.encoder_dim, len(self.tokenizer), self.tokenizer.pad_token_id)
+            if encoder_rank == 0:
+                self.encoders[spec.name] = build_encoder(*args)
+                continue
+            seed = encoder_seed(shared_seed, spec.name, kind)
+            # The kind's common start, drawn without touching the global RNG stream.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.encoders[spec.name] = build_encoder(*args)
+            self.encoder_adapters[spec.name] = EncoderAdapter(
+                self.encoders[spec.name], encoder_rank, encoder_alpha, seed
+            )
         self.connector = Connector(
             self.held,
             cfg.encoder_dim,
@@ -189,10 +202,21 @@ class MultimodalLM(nn.Module):
             ``(B, fused_dim)``.
         """
         with self.precision():
-            feats = {m: self.encoders[m](batch.inputs[m]) for m in self.held}
+            feats = {m: self.encode(m, batch.inputs[m]) for m in self.held}
             e = self.connector.embed(feats)
             z = self.connector.fuse(e, batch.mask)
         return e.float(), z.float()
+
+    def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """One modality's features, ``(B, encoder_dim)``, through its adapter if it has one."""
+        enc = self.encoders[modality]
+        if modality in self.encoder_adapters:
+            return self.encoder_adapters[modality](enc, x)
+        return enc(x)
+
+    def encoder_groups(self) -> dict[str, str]:
+        """Modality -> key prefix of its encoder adapter's group (adapted encoders only)."""
+        return {m: group_prefix(m, self.encoder_kinds[m]) for m in self.encoder_adapters}
 
     def _prefix(self, z: torch.Tensor) -> torch.Tensor:
         """``[soft K | prompt P]`` embeddings, ``(B, K + P, H)``."""

@@ -4,7 +4,9 @@ Three kinds, each a flat :data:`~common.state.State` with prefixed keys:
 
 * **shared**: what a device shares with the federation, low-rank updates only:
   ``lora/<peft key>`` (the backbone's shared LoRA) and ``prompt/lora_A``,
-  ``prompt/lora_B`` (the prompt map's shared adapter);
+  ``prompt/lora_B`` (the prompt map's shared adapter) and, where encoders are
+  shared by kind, ``enclora/<modality>/<kind>/...`` (their adapters, see
+  ``common.model.encoder_adapters``);
 * **local**: what stays on a device, ``enc/`` (encoders), ``conn/`` (connector),
   ``opt/`` (optimiser state, see ``common.learning.loop``), and ``shared/``: the
   device's own copy of the shared adapters (its personal adapters after AMT's
@@ -24,6 +26,10 @@ from torch import nn
 from common.atomic import read_npz, write_npz
 from common.model.adapters import PRIVATE, SHARED, adapter_state, load_adapter_state
 from common.model.connector import LowRankLinear
+from common.model.encoder_adapters import adapter_state as encoder_adapter_state
+from common.model.encoder_adapters import family_state
+from common.model.encoder_adapters import load_adapter_state as load_encoder_adapter
+from common.model.factory import encoder_choices, shared_seed
 from common.model.multimodal import MultimodalLM
 from common.model.pretrained_encoders import frozen_keys
 from common.settings import RunSettings
@@ -90,8 +96,11 @@ _PROMPT_KEYS = ("lora_A", "lora_B")
 
 
 def shared_state(model: MultimodalLM) -> State:
-    """The shared adapter of the backbone (``lora/``) and of the prompt map (``prompt/``)."""
-    return shared_parts_state(model.lm, model.connector.to_prompt)
+    """The shared adapters: backbone (``lora/``), prompt map (``prompt/``), encoders (``enclora/``)."""
+    state = shared_parts_state(model.lm, model.connector.to_prompt)
+    for modality, prefix in model.encoder_groups().items():
+        state.update(encoder_adapter_state(model.encoder_adapters[modality], prefix))
+    return state
 
 
 def shareable(state: State, share_b: bool) -> State:
@@ -102,24 +111,47 @@ def shareable(state: State, share_b: bool) -> State:
 
 
 def load_shared_state(model: MultimodalLM, state: State) -> None:
-    """Load the ``lora/`` and ``prompt/`` entries of ``state`` (those present) into ``model``."""
+    """Load the shared entries of ``state`` (those present) into ``model``.
+
+    The global state holds the encoder adapters of every group; a model loads
+    those of its own encoders.
+    """
     lora = select(state, LORA)
     if lora:
         load_adapter_state(model.lm, SHARED, lora)
     prompt = select(state, PROMPT)
     if prompt:
         load_module_state(model.connector.to_prompt, prompt, strict=False)
+    for modality, prefix in model.encoder_groups().items():
+        load_encoder_adapter(model.encoder_adapters[modality], prefix, state)
 
 
 def initial_global_state(settings: RunSettings, model: MultimodalLM) -> State:
     """The round-1 global state: the shared low-rank adapters.
 
     Taken from ``model`` (an edge model holding every modality, see
-    ``common.model.factory.reference_edge_model``); empty for methods that share
-    nothing.
+    ``common.model.factory.reference_edge_model``), plus the encoder adapters of
+    every group the encoder families allow; empty for methods that share nothing.
     """
     comps = settings.components
-    return shareable(shared_state(model), comps.share_b) if comps.federated else {}
+    if not comps.federated:
+        return {}
+    state = shared_state(model)
+    if model.encoder_adapters:
+        m, tok = settings.model, model.tokenizer
+        state.update(
+            family_state(
+                model.specs,
+                encoder_choices(m),
+                m.encoder_dim,
+                len(tok),
+                tok.pad_token_id,
+                settings.lora.encoder_rank,
+                settings.lora.encoder_alpha,
+                shared_seed(settings),
+            )
+        )
+    return shareable(state, comps.share_b)
 
 
 # ------------------------------------------------------------------------- local
