@@ -96,7 +96,7 @@ _PROMPT_KEYS = ("lora_A", "lora_B")
 
 
 def shared_state(model: MultimodalLM) -> State:
-    """The shared adapters: backbone (``lora/``), prompt map (``prompt/``), encoders (``enclora/``)."""
+    """The shared adapters of the backbone (``lora/``), prompt map and encoders (``enclora/``)."""
     state = shared_parts_state(model.lm, model.connector.to_prompt)
     for modality, prefix in model.encoder_groups().items():
         state.update(encoder_adapter_state(model.encoder_adapters[modality], prefix))

@@ -108,3 +108,21 @@ def test_unlabelled_public_share_is_anchored_but_not_trained_on(tiny_config: dic
     assert aligned == {"shared_loss_seccl", "private_loss_seccl"}
     # the public share adds training examples only when its labels are trained on
     assert n_aligned == n_private < n_share
+
+
+def test_encoder_adapters_of_the_devices_own_groups_are_uploaded(tiny_config: dict):
+    # Prepare
+    settings = RunSettings.from_run_config({**tiny_config, "lora.encoder-rank": 4})
+    payload = GlobalPayload(state=initial_global_state(settings, reference_edge_model(settings)))
+    device = Device(settings, DeviceIdentity(2, 3))
+    device.restore(None, payload)
+    groups = set(device.model.encoder_groups().values())
+    # Execute
+    update = device.train(payload, server_round=1)
+    # Assert: the upload holds whole groups of its own encoders, and they learned
+    sent = {k for k in update.delta if k.startswith("enclora/")}
+    assert sent == {k for k in payload.state if k.startswith(tuple(groups))}
+    assert all(np.abs(update.delta[k]).max() > 0 for k in sent if k.endswith("lora_B"))
+    # ... and the device keeps its own copy after AMT's private stage
+    local = device.local_state()
+    assert {k[len("shared/") :] for k in local if k.startswith("shared/enclora/")} == sent

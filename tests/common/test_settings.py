@@ -11,6 +11,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from common.methods import BASELINES
 from common.run_config import flat_toml, read_toml_config
 from common.settings import ConfigError, RunSettings, flatten
 
@@ -56,6 +57,8 @@ def test_server_encoders_name_the_cloud_encoder_per_kind():
         ({"server.encoders": "sensor:lstm"}, "server.encoders"),
         ({"server.encoders": "cnn1d"}, "server.encoders"),
         ({"server.encoders": "sensor:gru,sensor:mlp"}, "server.encoders"),
+        ({"lora.encoder-rank": -1}, "lora.encoder-rank"),
+        ({"dp.noise-multiplier": 1.0, "lora.encoder-rank": 4}, "lora.encoder-rank"),
     ],
 )
 def test_bad_config_is_rejected_naming_the_key(config: dict, named: str):
@@ -70,6 +73,13 @@ def test_method_components():
     assert not RunSettings(method="standalone").components.federated
     fedit = RunSettings(method="fedit").components
     assert fedit.federated and not (fedit.ccl or fedit.amt or fedit.mma or fedit.seccl)
+    # Encoder adapters by kind are ML-ECS's: its ablations keep them, baselines have none
+    assert all(RunSettings(method=m).components.share_encoders for m in ("mlecs", "no-ccl"))
+    assert not any(RunSettings(method=m).components.share_encoders for m in BASELINES)
+    # Central DP with a method that cannot share them is fine
+    RunSettings.from_run_config(
+        {"method": "fedit", "dp.noise-multiplier": 1.0, "lora.encoder-rank": 4}
+    )
 
 
 def test_every_conf_file_validates():

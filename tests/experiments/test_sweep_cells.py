@@ -58,3 +58,21 @@ def test_the_unlabelled_public_key_tells_apart_only_anchored_runs_without_shares
         older = {k: v for k, v in a.items() if k != key}  # saved before the key
         assert runner._same_run(older, {**a, key: True}) is same, method
         assert runner._same_run(older, {**a, key: False})
+
+
+def test_encoder_adapter_keys_tell_apart_only_runs_that_share_encoders():
+    for method, same in (
+        ("fedit", True),
+        ("standalone", True),
+        ("mlecs", False),
+        ("no-amt", False),
+    ):
+        a = runner.resolved({"method": method, "seed": 0})
+        older = {k: v for k, v in a.items() if not k.startswith("lora.encoder-")}
+        assert runner._same_run(older, a)  # saved before the keys: rank 0
+        assert runner._same_run(a, {**a, "lora.encoder-rank": 4}) is same, method
+    # At rank 0 the alpha cannot act
+    a = runner.resolved({"method": "mlecs", "seed": 0, "lora.encoder-rank": 0})
+    assert runner._same_run(a, {**a, "lora.encoder-alpha": 3.0})
+    b = {**a, "lora.encoder-rank": 4}
+    assert not runner._same_run(b, {**b, "lora.encoder-alpha": 3.0})
