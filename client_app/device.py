@@ -34,6 +34,8 @@ from common.model.factory import edge_model
 from common.model.multimodal import MultimodalLM
 from common.model.pretrained_encoders import trainable_parameters
 from common.model.state import (
+    OWN_SHARED,
+    encoder_state,
     load_local_state,
     load_shared_state,
     local_state,
@@ -41,7 +43,7 @@ from common.model.state import (
     shared_state,
 )
 from common.settings import RunSettings
-from common.state import State, subtract
+from common.state import ENC_LORA, State, prefixed, subtract
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,19 @@ class Device:
 
     def shared_state(self) -> State:
         """The state this device shares: the shared low-rank adapters (FedSA: their A)."""
-        return shareable(shared_state(self.model), self.settings.components.share_b)
+        state = shared_state(self.model)
+        if not self.settings.lora.encoder_share:
+            state = {k: v for k, v in state.items() if not k.startswith(ENC_LORA)}
+        return shareable(state, self.settings.components.share_b)
 
     def local_state(self) -> State:
         """Everything that stays on the device: its parts, personal adapters, optimiser."""
         comps = self.settings.components
         keep = comps.amt or not comps.federated or not comps.share_b
-        return {**local_state(self.model, keep_shared=keep), **self.trainer.state()}
+        state = {**local_state(self.model, keep_shared=keep), **self.trainer.state()}
+        if not self.settings.lora.encoder_share:  # never in the global state: keep them here
+            state.update(prefixed(encoder_state(self.model), OWN_SHARED))
+        return state
 
     # ---------------------------------------------------------------- training
     def train(self, payload: GlobalPayload, server_round: int) -> DeviceUpdate:

@@ -152,6 +152,8 @@ class LoraSettings(_Section):
     # (ML-ECS methods only); 0 = encoders share nothing.
     encoder_rank: int = Field(0, ge=0)
     encoder_alpha: float = Field(8.0, gt=0)
+    # false: each device keeps its encoder adapters (a control: adapters, no sharing)
+    encoder_share: bool = True
     dropout: float = Field(0.0, ge=0, lt=1)
     targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "down_proj")
 

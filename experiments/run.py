@@ -145,13 +145,14 @@ ADDED_KEYS = {
     "seccl.unlabelled-public": False,
     "lora.encoder-rank": 0,
     "lora.encoder-alpha": 8.0,
+    "lora.encoder-share": True,
 }
 # Keys that act only through CCL: they do not tell apart two runs of a method without it.
 CCL_KEYS = ("ccl.weight", "ccl.cloud", "ccl.private-stage", "ccl.max-share")
 # Acts only for a method with device anchors (SE-CCL, CreamFL) without public shares.
 UNLABELLED_KEY = "seccl.unlabelled-public"
-# Act only for a method that shares encoder adapters (and the alpha only at a rank > 0).
-ENCODER_KEYS = ("lora.encoder-rank", "lora.encoder-alpha")
+# Act only for a method that shares encoder adapters (the others only at a rank > 0).
+ENCODER_KEYS = ("lora.encoder-rank", "lora.encoder-alpha", "lora.encoder-share")
 
 
 def _identity(flat: dict) -> dict:
@@ -167,7 +168,7 @@ def _identity(flat: dict) -> dict:
     if comps is None or not comps.share_encoders:
         inert.update(ENCODER_KEYS)
     elif not merged.get("lora.encoder-rank"):
-        inert.add("lora.encoder-alpha")
+        inert.update(ENCODER_KEYS[1:])
     return {k: v for k, v in merged.items() if k not in inert}
 
 

@@ -97,7 +97,12 @@ _PROMPT_KEYS = ("lora_A", "lora_B")
 
 def shared_state(model: MultimodalLM) -> State:
     """The shared adapters of the backbone (``lora/``), prompt map and encoders (``enclora/``)."""
-    state = shared_parts_state(model.lm, model.connector.to_prompt)
+    return {**shared_parts_state(model.lm, model.connector.to_prompt), **encoder_state(model)}
+
+
+def encoder_state(model: MultimodalLM) -> State:
+    """The model's encoder adapters (``enclora/``; empty without them)."""
+    state: State = {}
     for modality, prefix in model.encoder_groups().items():
         state.update(encoder_adapter_state(model.encoder_adapters[modality], prefix))
     return state
@@ -136,8 +141,8 @@ def initial_global_state(settings: RunSettings, model: MultimodalLM) -> State:
     comps = settings.components
     if not comps.federated:
         return {}
-    state = shared_state(model)
-    if model.encoder_adapters:
+    state = shared_parts_state(model.lm, model.connector.to_prompt)
+    if model.encoder_adapters and settings.lora.encoder_share:
         m, tok = settings.model, model.tokenizer
         state.update(
             family_state(
