@@ -339,9 +339,11 @@ class RunSettings(_Section):
             self.dp.noise_multiplier > 0
             and self.components.share_encoders
             and self.lora.encoder_rank
+            and self.lora.encoder_share
         ):
             raise ValueError(
-                "dp.noise-multiplier > 0 needs lora.encoder-rank = 0 for this method: "
+                "dp.noise-multiplier > 0 needs lora.encoder-rank = 0 (or lora.encoder-share = false) "
+                "for this method: "
                 "central DP does not cover encoder adapters shared by group"
             )
         return self
