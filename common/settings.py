@@ -342,9 +342,8 @@ class RunSettings(_Section):
             and self.lora.encoder_share
         ):
             raise ValueError(
-                "dp.noise-multiplier > 0 needs lora.encoder-rank = 0 (or lora.encoder-share = false) "
-                "for this method: "
-                "central DP does not cover encoder adapters shared by group"
+                "dp.noise-multiplier > 0 needs lora.encoder-rank = 0 or lora.encoder-share = "
+                "false for this method: central DP does not cover encoder adapters shared by group"
             )
         return self
 
