@@ -7,7 +7,7 @@ import numpy as np
 from client_app.device import Device, DeviceIdentity
 from common.exchange import GlobalPayload
 from common.model.factory import reference_edge_model
-from common.model.state import initial_global_state
+from common.model.state import encoder_state, initial_global_state
 from common.settings import RunSettings
 from common.state import subtract
 
@@ -126,3 +126,24 @@ def test_encoder_adapters_of_the_devices_own_groups_are_uploaded(tiny_config: di
     # ... and the device keeps its own copy after AMT's private stage
     local = device.local_state()
     assert {k[len("shared/") :] for k in local if k.startswith("shared/enclora/")} == sent
+
+
+def test_unshared_encoder_adapters_stay_on_the_device_across_rounds(tiny_config: dict):
+    # Prepare: the control, adapters kept by each device; no-amt keeps no adapter copy
+    config = {**tiny_config, "method": "no-amt", "lora.encoder-rank": 4}
+    settings = RunSettings.from_run_config({**config, "lora.encoder-share": False})
+    payload = GlobalPayload(state=initial_global_state(settings, reference_edge_model(settings)))
+    assert not any(k.startswith("enclora/") for k in payload.state)
+    device = Device(settings, DeviceIdentity(0, 3))
+    device.restore(None, payload)
+    # Execute: a round, then a fresh device object restored from what stayed local
+    update = device.train(payload, server_round=1)
+    trained = {k: v for k, v in encoder_state(device.model).items() if k.startswith("enclora/")}
+    again = Device(settings, DeviceIdentity(0, 3))
+    again.restore(device.local_state(), payload)
+    # Assert: nothing of them is uploaded; they learned and come back as trained
+    assert update.delta and not any(k.startswith("enclora/") for k in update.delta)
+    assert trained and any(np.abs(v).max() > 0 for k, v in trained.items() if "lora_B" in k)
+    for k, v in encoder_state(again.model).items():
+        if k.startswith("enclora/"):
+            np.testing.assert_array_equal(v, trained[k])

@@ -76,3 +76,5 @@ def test_encoder_adapter_keys_tell_apart_only_runs_that_share_encoders():
     assert runner._same_run(a, {**a, "lora.encoder-alpha": 3.0})
     b = {**a, "lora.encoder-rank": 4}
     assert not runner._same_run(b, {**b, "lora.encoder-alpha": 3.0})
+    assert runner._same_run(a, {**a, "lora.encoder-share": False})
+    assert not runner._same_run(b, {**b, "lora.encoder-share": False})
