@@ -59,6 +59,7 @@ def markdown(results: dict[str, list[dict]], metrics: tuple[str, ...] = TABLE_ME
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: print (and with ``--out`` write) the tables of the given sources."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("sources", nargs="+", help="LABEL=PATH/results.json:METHOD")
     p.add_argument("--out", type=Path, help="write the tables here (markdown)")
