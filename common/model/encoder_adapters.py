@@ -139,6 +139,28 @@ def load_adapter_state(adapter: EncoderAdapter, prefix: str, state: dict[str, np
             params[k].copy_(torch.as_tensor(arr, dtype=params[k].dtype))
 
 
+def build_adapted(
+    spec: ModalitySpec,
+    kind: str,
+    encoder_dim: int,
+    vocab: int,
+    pad_id: int,
+    rank: int,
+    alpha: float,
+    shared_seed: int,
+) -> tuple[nn.Module, EncoderAdapter]:
+    """Encoder ``kind`` for ``spec`` from its kind's common start, and its adapter.
+
+    The weights are drawn from the kind's seed without touching the global RNG
+    stream, so every device of the group, and the server, build the same pair.
+    """
+    seed = encoder_seed(shared_seed, spec.name, kind)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = build_encoder(spec, kind, encoder_dim, vocab, pad_id)
+    return encoder, EncoderAdapter(encoder, rank, alpha, seed)
+
+
 def family_state(
     specs: tuple[ModalitySpec, ...],
     choices: dict[str, tuple[str, ...]],
@@ -156,10 +178,7 @@ def family_state(
     out: dict[str, np.ndarray] = {}
     for spec in specs:
         for kind in dict.fromkeys(choices.get(spec.kind, ("mlp",))):
-            seed = encoder_seed(shared_seed, spec.name, kind)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                encoder = build_encoder(spec, kind, encoder_dim, vocab, pad_id)
-            adapter = EncoderAdapter(encoder, rank, alpha, seed)
+            dims = (encoder_dim, vocab, pad_id, rank, alpha, shared_seed)
+            _, adapter = build_adapted(spec, kind, *dims)
             out.update(adapter_state(adapter, group_prefix(spec.name, kind)))
     return out

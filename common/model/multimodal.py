@@ -13,7 +13,7 @@ from common.data.samples import ModalitySpec, SampleSet
 from common.model.adapters import add_adapters, freeze_all
 from common.model.backbone import Backbone
 from common.model.connector import Connector
-from common.model.encoder_adapters import EncoderAdapter, encoder_seed, group_prefix
+from common.model.encoder_adapters import build_adapted, group_prefix
 from common.model.encoders import build_encoder
 from common.settings import LoraSettings, ModelSettings
 
@@ -105,17 +105,11 @@ class MultimodalLM(nn.Module):
         for spec in self.specs:
             kind = encoder_kinds[spec.name]
             args = (spec, kind, cfg.encoder_dim, len(self.tokenizer), self.tokenizer.pad_token_id)
-            if encoder_rank == 0:
+            if encoder_rank == 0:  # a private encoder, drawn from the device's own seed
                 self.encoders[spec.name] = build_encoder(*args)
                 continue
-            seed = encoder_seed(shared_seed, spec.name, kind)
-            # The kind's common start, drawn without touching the global RNG stream.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self.encoders[spec.name] = build_encoder(*args)
-            self.encoder_adapters[spec.name] = EncoderAdapter(
-                self.encoders[spec.name], encoder_rank, encoder_alpha, seed
-            )
+            enc, adapter = build_adapted(*args, encoder_rank, encoder_alpha, shared_seed)
+            self.encoders[spec.name], self.encoder_adapters[spec.name] = enc, adapter
         self.connector = Connector(
             self.held,
             cfg.encoder_dim,
