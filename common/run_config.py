@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 
 class ConfigError(ValueError):
     """A run configuration that cannot be run."""
@@ -59,4 +61,34 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
             raise ConfigError(f"override '{kv}' is not key=value")
         key, value = kv.split("=", 1)
         out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def describe(err: ValidationError) -> str:
+    """One message naming every rejected key of a settings validation error."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        else:
+            lines.append(f"config key '{key}' = {e.get('input')!r}: {e['msg']}".rstrip())
+    return "invalid run config: " + "; ".join(lines)
+
+
+def flatten(settings: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Return the flat, dotted kebab-case view of ``settings``.
+
+    Lists become comma-separated strings, as Flower's run config holds scalars.
+    """
+    out: dict[str, Any] = {}
+    for name, field in type(settings).model_fields.items():
+        key = prefix + (field.alias or name)
+        value = getattr(settings, name)
+        if isinstance(value, BaseModel):
+            out.update(flatten(value, key + "."))
+        elif isinstance(value, tuple):
+            out[key] = ",".join(value)
+        else:
+            out[key] = value
     return out

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from common.methods import METHODS, Components
-from common.run_config import ConfigError
+from common.run_config import ConfigError, describe
 
 DATASETS = ("hapt", "easyvqa", "jsonl")
 SENSOR_ENCODERS = ("mlp", "cnn1d", "gru")
@@ -378,33 +378,4 @@ class RunSettings(_Section):
         try:
             return cls.model_validate(nested)
         except ValidationError as err:
-            raise ConfigError(_describe(err)) from None
-
-
-def _describe(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            lines.append(f"unknown config key '{key}'")
-        else:
-            lines.append(f"config key '{key}' = {e.get('input')!r}: {e['msg']}".rstrip())
-    return "invalid run config: " + "; ".join(lines)
-
-
-def flatten(settings: BaseModel, prefix: str = "") -> dict[str, Any]:
-    """Return the flat, dotted kebab-case view of ``settings``.
-
-    Lists become comma-separated strings, as Flower's run config holds scalars.
-    """
-    out: dict[str, Any] = {}
-    for name, field in type(settings).model_fields.items():
-        key = prefix + (field.alias or name)
-        value = getattr(settings, name)
-        if isinstance(value, BaseModel):
-            out.update(flatten(value, key + "."))
-        elif isinstance(value, tuple):
-            out[key] = ",".join(value)
-        else:
-            out[key] = value
-    return out
+            raise ConfigError(describe(err)) from None

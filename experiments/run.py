@@ -35,8 +35,8 @@ from pathlib import Path
 
 from common.atomic import write_text
 from common.methods import METHODS, Components
-from common.run_config import parse_overrides, read_toml_config
-from common.settings import ConfigError, RunSettings, flatten
+from common.run_config import flatten, parse_overrides, read_toml_config
+from common.settings import ConfigError, RunSettings
 from experiments.exclusive import SweepBusy, die_with_parent, exclusive
 from experiments.grid import CENTRALIZED, Cell, Grid, GridError, cells, check, read_grid
 from experiments.report import write_outputs

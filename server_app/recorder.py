@@ -10,7 +10,8 @@ from typing import Any
 
 from common.atomic import write_text
 from common.learning.metrics import BERTSCORE_NAME
-from common.settings import ConfigError, RunSettings, flatten
+from common.run_config import flatten
+from common.settings import ConfigError, RunSettings
 from server_app.round_result import RoundResult
 
 # Metrics that the summary's "final" block reports for both sides.

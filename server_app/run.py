@@ -13,7 +13,8 @@ from flwr.serverapp import Grid
 
 from common.model.factory import reference_edge_model
 from common.model.state import initial_global_state
-from common.settings import RunSettings, flatten
+from common.run_config import flatten
+from common.settings import RunSettings
 from proto.records import from_record, to_record
 from server_app.checkpoint import (
     CHECKPOINT,

@@ -12,8 +12,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from common.methods import BASELINES
-from common.run_config import flat_toml, read_toml_config
-from common.settings import ConfigError, RunSettings, flatten
+from common.run_config import flat_toml, flatten, read_toml_config
+from common.settings import ConfigError, RunSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
