@@ -20,7 +20,7 @@ import json
 import numpy as np
 
 from common.exchange import DeviceUpdate
-from common.run_config import parse_overrides, read_toml_config
+from common.run_config import ConfigError, parse_overrides, read_toml_config
 from common.settings import RunSettings
 from proto.messages import evaluate_reply, instruction, pack_global, train_reply
 from server_app.ledger import Ledger
@@ -65,6 +65,12 @@ def report(settings: RunSettings, backbone_name: str, public_share: int) -> dict
     from common.model.state import shared_parts_state
 
     comps = settings.components
+    if comps.share_encoders and settings.lora.encoder_rank:
+        # Their size depends on the encoder families; a run's ledger counts them.
+        raise ConfigError(
+            "comm_report does not model encoder adapters (lora.encoder-rank > 0); "
+            "a run's rounds.jsonl counts them (comm.bytes_encoder_up/down)"
+        )
     lm = build_backbone(backbone_name)
     edge_params = sum(p.numel() for p in lm.parameters())
     model = add_adapters(lm, settings.lora)

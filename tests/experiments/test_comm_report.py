@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from common.settings import RunSettings
+import pytest
+
+from common.settings import ConfigError, RunSettings
 from experiments.comm_report import report
 
 
@@ -27,3 +29,9 @@ def test_fp32_transport_doubles_the_adapter_bytes():
     )
     assert 1.9 < f32["bytes_lora_up"] / f16["bytes_lora_up"] < 2.01
     assert f32["bytes_reps_up"] == 0  # fedit exchanges no representations
+
+
+def test_encoder_adapters_are_refused_rather_than_left_uncounted():
+    settings = RunSettings.from_run_config({"method": "mlecs", "lora.encoder-rank": 4})
+    with pytest.raises(ConfigError, match="lora.encoder-rank"):
+        report(settings, "smollm2-135m", public_share=0)
