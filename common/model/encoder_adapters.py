@@ -15,6 +15,7 @@ State keys: ``enclora/<modality>/<kind>/<weight>/lora_A`` and ``.../lora_B``.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -139,46 +140,53 @@ def load_adapter_state(adapter: EncoderAdapter, prefix: str, state: dict[str, np
             params[k].copy_(torch.as_tensor(arr, dtype=params[k].dtype))
 
 
-def build_adapted(
-    spec: ModalitySpec,
-    kind: str,
-    encoder_dim: int,
-    vocab: int,
-    pad_id: int,
-    rank: int,
-    alpha: float,
-    shared_seed: int,
-) -> tuple[nn.Module, EncoderAdapter]:
-    """Encoder ``kind`` for ``spec`` from its kind's common start, and its adapter.
+@dataclass(frozen=True)
+class EncoderGroups:
+    """How the encoders of every group are built: sizes, adapter rank and the run's seed.
 
-    The weights are drawn from the kind's seed without touching the global RNG
-    stream, so every device of the group, and the server, build the same pair.
+    Attributes
+    ----------
+    encoder_dim : int
+        Feature size every encoder outputs.
+    vocab, pad_id : int
+        Tokenizer size and padding id, for text encoders.
+    rank : int
+        Adapter rank ``r``.
+    alpha : float
+        Adapter scale numerator.
+    shared_seed : int
+        The run's seed for parts every model starts from alike.
     """
-    seed = encoder_seed(shared_seed, spec.name, kind)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        encoder = build_encoder(spec, kind, encoder_dim, vocab, pad_id)
-    return encoder, EncoderAdapter(encoder, rank, alpha, seed)
 
+    encoder_dim: int
+    vocab: int
+    pad_id: int
+    rank: int
+    alpha: float
+    shared_seed: int
 
-def family_state(
-    specs: tuple[ModalitySpec, ...],
-    choices: dict[str, tuple[str, ...]],
-    encoder_dim: int,
-    vocab: int,
-    pad_id: int,
-    rank: int,
-    alpha: float,
-    shared_seed: int,
-) -> dict[str, np.ndarray]:
-    """The initial adapters of every (modality, kind) group the families allow.
+    def build(self, spec: ModalitySpec, kind: str) -> tuple[nn.Module, EncoderAdapter]:
+        """Encoder ``kind`` for ``spec`` from its kind's common start, and its adapter.
 
-    The global state holds them all, so a device of any kind finds its group's.
-    """
-    out: dict[str, np.ndarray] = {}
-    for spec in specs:
-        for kind in dict.fromkeys(choices.get(spec.kind, ("mlp",))):
-            dims = (encoder_dim, vocab, pad_id, rank, alpha, shared_seed)
-            _, adapter = build_adapted(spec, kind, *dims)
-            out.update(adapter_state(adapter, group_prefix(spec.name, kind)))
-    return out
+        The weights are drawn from the kind's seed without touching the global RNG
+        stream, so every device of the group, and the server, build the same pair.
+        """
+        seed = encoder_seed(self.shared_seed, spec.name, kind)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            encoder = build_encoder(spec, kind, self.encoder_dim, self.vocab, self.pad_id)
+        return encoder, EncoderAdapter(encoder, self.rank, self.alpha, seed)
+
+    def initial_state(
+        self, specs: tuple[ModalitySpec, ...], choices: dict[str, tuple[str, ...]]
+    ) -> dict[str, np.ndarray]:
+        """The initial adapters of every (modality, kind) group the families allow.
+
+        The global state holds them all, so a device of any kind finds its group's.
+        """
+        out: dict[str, np.ndarray] = {}
+        for spec in specs:
+            for kind in dict.fromkeys(choices.get(spec.kind, ("mlp",))):
+                _, adapter = self.build(spec, kind)
+                out.update(adapter_state(adapter, group_prefix(spec.name, kind)))
+        return out

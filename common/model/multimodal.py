@@ -13,7 +13,7 @@ from common.data.samples import ModalitySpec, SampleSet
 from common.model.adapters import add_adapters, freeze_all
 from common.model.backbone import Backbone
 from common.model.connector import Connector
-from common.model.encoder_adapters import build_adapted, group_prefix
+from common.model.encoder_adapters import EncoderGroups, group_prefix
 from common.model.encoders import build_encoder
 from common.settings import LoraSettings, ModelSettings
 
@@ -102,14 +102,16 @@ class MultimodalLM(nn.Module):
         self.encoder_kinds = dict(encoder_kinds)
         self.encoders = nn.ModuleDict()
         self.encoder_adapters = nn.ModuleDict()
+        dims = (cfg.encoder_dim, len(self.tokenizer), self.tokenizer.pad_token_id)
+        # How this run builds the encoders of every group (used with encoder_rank > 0).
+        self.encoder_build = EncoderGroups(*dims, encoder_rank, encoder_alpha, shared_seed)
         for spec in self.specs:
             kind = encoder_kinds[spec.name]
-            args = (spec, kind, cfg.encoder_dim, len(self.tokenizer), self.tokenizer.pad_token_id)
             if encoder_rank == 0:  # a private encoder, drawn from the device's own seed
-                self.encoders[spec.name] = build_encoder(*args)
-                continue
-            enc, adapter = build_adapted(*args, encoder_rank, encoder_alpha, shared_seed)
-            self.encoders[spec.name], self.encoder_adapters[spec.name] = enc, adapter
+                self.encoders[spec.name] = build_encoder(spec, kind, *dims)
+            else:
+                enc, adapter = self.encoder_build.build(spec, kind)
+                self.encoders[spec.name], self.encoder_adapters[spec.name] = enc, adapter
         self.connector = Connector(
             self.held,
             cfg.encoder_dim,

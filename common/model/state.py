@@ -27,9 +27,8 @@ from common.atomic import read_npz, write_npz
 from common.model.adapters import PRIVATE, SHARED, adapter_state, load_adapter_state
 from common.model.connector import LowRankLinear
 from common.model.encoder_adapters import adapter_state as encoder_adapter_state
-from common.model.encoder_adapters import family_state
 from common.model.encoder_adapters import load_adapter_state as load_encoder_adapter
-from common.model.factory import encoder_choices, shared_seed
+from common.model.factory import encoder_choices
 from common.model.multimodal import MultimodalLM
 from common.model.pretrained_encoders import frozen_keys
 from common.settings import RunSettings
@@ -143,18 +142,8 @@ def initial_global_state(settings: RunSettings, model: MultimodalLM) -> State:
         return {}
     state = shared_parts_state(model.lm, model.connector.to_prompt)
     if model.encoder_adapters and settings.lora.encoder_share:
-        m, tok = settings.model, model.tokenizer
         state.update(
-            family_state(
-                model.specs,
-                encoder_choices(m),
-                m.encoder_dim,
-                len(tok),
-                tok.pad_token_id,
-                settings.lora.encoder_rank,
-                settings.lora.encoder_alpha,
-                shared_seed(settings),
-            )
+            model.encoder_build.initial_state(model.specs, encoder_choices(settings.model))
         )
     return shareable(state, comps.share_b)
 
