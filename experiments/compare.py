@@ -5,6 +5,12 @@ settings (``--set ...``) lands in a sweep of its own under the same method name.
 puts them side by side under labels and writes the summary and the paired-difference
 tables (per seed, from ``tail`` values), e.g. ``python -m experiments.compare
 mlecs=outputs/private/results.json:mlecs r16=outputs/private_r16/results.json:mlecs``.
+
+A source may also name a sweep's ``runs`` folder instead of its ``results.json``: a
+sweep run in pieces (``--seeds 10,11``, then ``--seeds 12,13``, ...) rewrites
+``results.json`` with each piece's cells, while every finished run keeps its
+``summary.json`` there. ``--seeds`` restricts every source to the given seeds, so a
+replication on fresh seeds is tested on those alone.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 
 from common.atomic import write_text
 from experiments import stats
-from experiments.report import TABLE_METRICS
+from experiments.report import TABLE_METRICS, csv_text, rows
 
 
 def parse_source(spec: str) -> tuple[str, Path, str]:
@@ -33,22 +39,68 @@ def parse_source(spec: str) -> tuple[str, Path, str]:
     return label, Path(path), method
 
 
-def load(specs: list[str]) -> dict[str, list[dict]]:
-    """Label -> the run summaries of that method in that ``results.json``.
+def parse_seeds(text: str) -> set[int]:
+    """``"0,1,5-9"`` -> {0, 1, 5, 6, 7, 8, 9}.
 
     Raises
     ------
     ValueError
-        If a file lacks the method, or a label is given twice.
+        If an entry is neither an integer nor a range ``a-b`` with ``a <= b``.
+    """
+    seeds: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        first, dash, last = part.partition("-")
+        try:
+            lo, hi = int(first), int(last if dash else first)
+        except ValueError:
+            raise ValueError(f"seeds: expected integers or ranges a-b, got {part!r}") from None
+        if lo > hi:
+            raise ValueError(f"seeds: empty range {part!r}")
+        seeds.update(range(lo, hi + 1))
+    return seeds
+
+
+def _finished_runs(folder: Path, method: str) -> list[dict]:
+    """The summaries of ``method``'s finished runs in a sweep's ``runs`` folder, by seed."""
+    runs = []
+    for summary in folder.glob(f"{method}-s*/summary.json"):
+        if not summary.parent.name.removeprefix(f"{method}-s").isdigit():
+            continue  # another method whose name starts with this one's
+        run = json.loads(summary.read_text())
+        if run.get("method") == method:
+            runs.append(run)
+    return sorted(runs, key=lambda r: r["seed"])
+
+
+def load(specs: list[str], seeds: set[int] | None = None) -> dict[str, list[dict]]:
+    """Label -> the run summaries of that method in that ``results.json`` or ``runs`` folder.
+
+    Parameters
+    ----------
+    specs
+        ``LABEL=PATH:METHOD`` each; PATH a sweep's ``results.json`` or its ``runs`` folder.
+    seeds
+        Keep only these seeds (None: every seed).
+
+    Raises
+    ------
+    ValueError
+        If a source has no runs of the method (on those seeds), or a label is given twice.
     """
     out: dict[str, list[dict]] = {}
     for spec in specs:
         label, path, method = parse_source(spec)
         if label in out:
             raise ValueError(f"label {label!r} given twice")
-        runs = json.loads(path.read_text()).get(method)
+        if path.is_dir():
+            runs = _finished_runs(path, method)
+        else:
+            runs = json.loads(path.read_text()).get(method) or []
+        if seeds is not None:
+            runs = [r for r in runs if r["seed"] in seeds]
         if not runs:
-            raise ValueError(f"{path} has no runs of method {method!r}")
+            on = "" if seeds is None else " on the seeds asked for"
+            raise ValueError(f"{path} has no runs of method {method!r}{on}")
         out[label] = runs
     return out
 
@@ -61,12 +113,26 @@ def markdown(results: dict[str, list[dict]], metrics: tuple[str, ...] = TABLE_ME
 def main(argv: list[str] | None = None) -> None:
     """Command line: print (and with ``--out`` write) the tables of the given sources."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("sources", nargs="+", help="LABEL=PATH/results.json:METHOD")
+    p.add_argument("sources", nargs="+", help="LABEL=PATH:METHOD (a results.json or runs folder)")
+    p.add_argument("--seeds", help="only these seeds, e.g. 10-29 or 0,1,2 (default: all)")
     p.add_argument("--out", type=Path, help="write the tables here (markdown)")
+    p.add_argument("--csv", type=Path, help="write one row per run here, under its label")
+    p.add_argument(
+        "--plot", type=Path, help="write the paired differences against the first label here (png)"
+    )
+    p.add_argument("--metric", default="client_f1", help="the metric of --plot")
     args = p.parse_args(argv)
-    text = markdown(load(args.sources))
+    try:
+        results = load(args.sources, parse_seeds(args.seeds) if args.seeds else None)
+    except ValueError as e:
+        p.error(str(e))  # exits 2 with the problem named, no traceback
+    text = markdown(results)
     if args.out:
         write_text(args.out, text)
+    if args.csv:
+        write_text(args.csv, csv_text(rows({"compare": results})))
+    if args.plot:
+        stats.plot_diffs(results, args.metric, next(iter(results)), args.plot)
     print(text)
 
 
