@@ -159,7 +159,9 @@ def _identity(flat: dict) -> dict:
     merged = {**ADDED_KEYS, **flat}
     method = merged.get("method")
     comps = Components.for_method(method) if method in METHODS else None
-    inert = {"resume"}
+    # Where a run is written is not what it computes: a sweep folder that was moved
+    # or renamed keeps its finished runs instead of having them removed and rerun.
+    inert = {"resume", "output-dir"}
     if comps is None or not comps.ccl:
         inert.update(CCL_KEYS)
     anchored = comps is not None and (comps.seccl or comps.rep_exchange)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,15 @@ def test_finished_cells_are_skipped_and_a_resumed_cell_counts_as_finished(
     monkeypatch.setattr(runner, "run_one", must_not_run)
     again = runner.sweep([config], NODES, 1)
     assert again[0]["tail"] == first[0]["tail"]
+    # a sweep folder moved elsewhere keeps its finished cells
+    moved = Path(config["output-dir"]).with_name("moved")
+    shutil.move(config["output-dir"], moved)
+    elsewhere = runner.sweep([{**config, "output-dir": str(moved)}], NODES, 1)
+    assert elsewhere[0]["tail"] == first[0]["tail"]
+    assert (moved / "standalone-s0" / "summary.json").exists()
     # another configuration of the same cell is not "finished"
     with pytest.raises(AssertionError, match="run again"):
-        runner.sweep([{**config, "train.lr": 0.01}], NODES, 1)
+        runner.sweep([{**config, "output-dir": str(moved), "train.lr": 0.01}], NODES, 1)
 
 
 def test_a_key_added_after_a_run_counts_at_the_value_it_ran_with():
