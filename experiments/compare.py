@@ -21,6 +21,7 @@ from pathlib import Path
 
 from common.atomic import write_text
 from experiments import stats
+from experiments.grid import finished_runs
 from experiments.report import TABLE_METRICS, csv_text, rows
 
 
@@ -60,18 +61,6 @@ def parse_seeds(text: str) -> set[int]:
     return seeds
 
 
-def _finished_runs(folder: Path, method: str) -> list[dict]:
-    """The summaries of ``method``'s finished runs in a sweep's ``runs`` folder, by seed."""
-    runs = []
-    for summary in folder.glob(f"{method}-s*/summary.json"):
-        if not summary.parent.name.removeprefix(f"{method}-s").isdigit():
-            continue  # another method whose name starts with this one's
-        run = json.loads(summary.read_text())
-        if run.get("method") == method:
-            runs.append(run)
-    return sorted(runs, key=lambda r: r["seed"])
-
-
 def load(specs: list[str], seeds: set[int] | None = None) -> dict[str, list[dict]]:
     """Label -> the run summaries of that method in that ``results.json`` or ``runs`` folder.
 
@@ -93,7 +82,10 @@ def load(specs: list[str], seeds: set[int] | None = None) -> dict[str, list[dict
         if label in out:
             raise ValueError(f"label {label!r} given twice")
         if path.is_dir():
-            runs = _finished_runs(path, method)
+            runs = [
+                json.loads((run / "summary.json").read_text())
+                for run in finished_runs(path, method).values()
+            ]
         else:
             runs = json.loads(path.read_text()).get(method) or []
         if seeds is not None:

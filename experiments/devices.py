@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.grid import finished_runs
 from experiments.stats import format_interval, mean_interval
 
 Groups = Callable[[dict, int], dict[int, str]]
@@ -111,12 +112,11 @@ def compare(
     """
     per_seed: dict[str, list[float]] = {}
     counts: dict[str, list[int]] = {}
-    for folder_a in sorted(runs.glob(f"{a}-s*")):
-        seed = folder_a.name[len(a) + 2 :]
-        folder_b = runs / f"{b}-s{seed}"
-        finished = (folder_a / "summary.json").exists() and (folder_b / "summary.json").exists()
-        if not seed.isdigit() or not finished:
+    finished_b = finished_runs(runs, b)
+    for seed, folder_a in finished_runs(runs, a).items():
+        if seed not in finished_b:
             continue
+        folder_b = finished_b[seed]
         rounds_a, config, summary = _read_run(folder_a)
         rounds_b = _read_run(folder_b)[0]
         va, vb = device_tail(rounds_a, metric, tail), device_tail(rounds_b, metric, tail)

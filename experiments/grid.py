@@ -115,6 +115,25 @@ def _axis(table: dict, name: str, path: Path) -> list:
     return list(values)
 
 
+def run_name(method: str, seed: int | str) -> str:
+    """The folder of one run in a sweep's ``runs`` folder (``seed`` may be a glob's ``*``)."""
+    return f"{method}-s{seed}"
+
+
+def finished_runs(folder: Path, method: str) -> dict[int, Path]:
+    """Seed -> run folder, for ``method``'s runs in ``folder`` that wrote their summary.
+
+    A folder of another method whose name starts with this one's (``no-ccl-s3`` for
+    ``no``) is not taken, nor a run still going (no ``summary.json`` yet).
+    """
+    out = {}
+    for run in folder.glob(run_name(method, "*")):
+        seed = run.name.removeprefix(run_name(method, ""))
+        if seed.isdigit() and (run / "summary.json").exists():
+            out[int(seed)] = run
+    return dict(sorted(out.items()))
+
+
 def cells(grid: Grid, out: Path) -> list[Cell]:
     """Every cell of ``grid``; run folders under ``out/runs``.
 
@@ -138,7 +157,7 @@ def cells(grid: Grid, out: Path) -> list[Cell]:
                         "method": method,
                         "seed": seed,
                         "output-dir": str(folder),
-                        "run-name": f"{method}-s{seed}",
+                        "run-name": run_name(method, seed),
                     }
                     out_cells.append(Cell(group, method, seed, cell))
     return out_cells
