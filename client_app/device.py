@@ -22,6 +22,7 @@ from common.data.views import build_client_data, task_info, training_data
 from common.exchange import DeviceUpdate, GlobalPayload
 from common.learning.evaluation import evaluate, fused_representations
 from common.learning.loop import StageReport, Trainer
+from common.learning.prototypes import prototype_term
 from common.learning.losses import (
     ExtraLoss,
     anchor_term,
@@ -124,6 +125,16 @@ class Device:
                 term = on_unlabelled(term, m, self.data.public, s.train.batch_size, rng)
             if term is not None:
                 terms["seccl" if comps.seccl else "creamfl"] = term
+        if comps.seccl and s.seccl.prototype_weight > 0:
+            sc = s.seccl
+            term = prototype_term(
+                payload.prototype_classes,
+                payload.prototypes,
+                sc.prototype_weight,
+                sc.prototype_temperature,
+            )
+            if term is not None:
+                terms["proto"] = term
         if comps.prox:
             terms["prox"] = proximal_term(self.shared_params, s.fedprox.mu)
         steps = s.train.steps

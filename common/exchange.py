@@ -28,11 +28,16 @@ class GlobalPayload:
     Attributes
     ----------
     state : State
-        ``lora/<key>`` (backbone) and ``prompt/<key>`` (prompt map) shared adapters.
+        ``lora/<key>`` (backbone), ``prompt/<key>`` (prompt map) and
+        ``enclora/<modality>/<kind>/<key>`` (encoder groups) shared adapters.
     anchor_ids : numpy.ndarray
         ``(N,)`` public sample ids the anchors belong to.
     anchors : numpy.ndarray
         ``(N, fused_dim)`` the server's fused representations ``z^s``.
+    prototype_classes : numpy.ndarray
+        ``(K,)`` class indices of the prototypes.
+    prototypes : numpy.ndarray
+        ``(K, fused_dim)`` the cloud's class prototypes in the fused space (unit rows).
     server_round : int
         The round this payload belongs to (0 when unknown).
     round_token : str
@@ -42,6 +47,8 @@ class GlobalPayload:
     state: State = field(default_factory=dict)
     anchor_ids: np.ndarray = field(default_factory=_no_ids)
     anchors: np.ndarray = field(default_factory=_no_rows)
+    prototype_classes: np.ndarray = field(default_factory=_no_ids)
+    prototypes: np.ndarray = field(default_factory=_no_rows)
     server_round: int = 0
     round_token: str = ""
 

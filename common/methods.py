@@ -10,7 +10,10 @@ from pydantic import BaseModel, ConfigDict
 
 ABLATIONS = ("no-ccl", "no-amt", "no-mma", "no-seccl")
 BASELINES = ("fedit", "standalone", "fedprox", "fedsa", "creamfl", "fedcollm")
-METHODS = ("mlecs", *ABLATIONS, *BASELINES)
+# Controls: a baseline ending each round with AMT's personal stage (same schedule and
+# budget as ``mlecs``), so a comparison with ``mlecs`` isolates CCL, SE-CCL and MMA.
+CONTROLS = ("fedit-ft", "standalone-ft")
+METHODS = ("mlecs", *ABLATIONS, *BASELINES, *CONTROLS)
 
 
 class Components(BaseModel):
@@ -57,8 +60,12 @@ class Components(BaseModel):
             raise ValueError(f"unknown method {method!r}, expected one of {list(METHODS)}")
         if method == "standalone":
             return cls(federated=False)
+        if method == "standalone-ft":
+            return cls(federated=False, amt=True)
         if method == "fedit":
             return cls(federated=True)
+        if method == "fedit-ft":
+            return cls(federated=True, amt=True)
         if method == "fedprox":
             return cls(federated=True, prox=True)
         if method == "fedsa":

@@ -264,6 +264,10 @@ class SecclSettings(_Section):
     # Without data.use-public-share the public share is not in the training batches;
     # true: its inputs (never its labels) are still pulled to their anchors.
     unlabelled_public: bool = True
+    # Class prototypes of the cloud's fused space (its labelled public data): each
+    # labelled device sample is pulled toward its class's prototype; 0 = off.
+    prototype_weight: float = Field(0.0, ge=0)
+    prototype_temperature: float = Field(0.1, gt=0)
 
 
 class MmaSettings(_Section):

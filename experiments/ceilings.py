@@ -10,6 +10,10 @@
 * ``forest``: a random forest on per-channel window statistics (mean, std, min,
   max of every present sensor modality), trained on the same pooled data, scored
   the same way (sensor datasets only).
+* ``cloud_on_device``: a run's final cloud model scored on each device's test
+  split with the device's modalities (evaluation only): what a device would
+  reach if the cloud's knowledge transferred to it perfectly. Every run of
+  ``experiments.run`` records it in its summary (``final`` and ``tail``).
 * ``forest_own`` (not a ceiling: the forest's ``standalone``): the same forest
   trained by each device on its own data only; its gap to ``forest`` is what
   pooling is worth to a classifier that learns well from few samples.
@@ -41,6 +45,7 @@ from common.learning.loop import Trainer
 from common.learning.metrics import macro_f1
 from common.model.adapters import SHARED, adapter_parameters
 from common.model.factory import cloud_model
+from common.model.multimodal import MultimodalLM
 from common.model.pretrained_encoders import trainable_parameters
 from common.reproducibility import pin
 from common.run_config import parse_overrides, read_toml_config
@@ -95,6 +100,29 @@ def centralized(settings: RunSettings, num_nodes: int) -> dict[str, float]:
     scores = [
         evaluate(model, test, task, settings.eval, t.eval_batch_size, t.max_new_tokens)
         for test in tests
+    ]
+    return {k: float(np.mean([s[k] for s in scores])) for k in ("f1", "rouge_lsum")}
+
+
+def cloud_on_device(
+    settings: RunSettings, model: MultimodalLM, num_nodes: int
+) -> dict[str, float]:
+    """Mean scores of ``model`` (the cloud's) over the devices' test splits.
+
+    Each test split holds only its device's modalities (the others are absent in
+    the mask and zero in the inputs), so the cloud sees what the device sees.
+    """
+    task, t = task_info(settings), settings.train
+    scores = [
+        evaluate(
+            model,
+            build_client_data(settings, p, num_nodes).test,
+            task,
+            settings.eval,
+            t.eval_batch_size,
+            t.max_new_tokens,
+        )
+        for p in range(num_nodes)
     ]
     return {k: float(np.mean([s[k] for s in scores])) for k in ("f1", "rouge_lsum")}
 

@@ -45,6 +45,7 @@ from experiments.report import write_outputs
 def run_one(config: dict, num_nodes: int) -> dict:
     """Run one federation in-process (or the centralized ceiling); return its summary."""
     from client_app.app import app as client_app
+    from experiments.ceilings import cloud_on_device
     from experiments.local_grid import InProcessGrid
     from server_app.run import ServerRun
 
@@ -57,6 +58,10 @@ def run_one(config: dict, num_nodes: int) -> dict:
     summary = run.run(grid)
     summary["seconds"] = round(time.time() - start, 1)
     summary["num_nodes"] = num_nodes
+    # The cloud-on-device ceiling of this run's final cloud (evaluation only).
+    ceiling = cloud_on_device(settings, run.cloud.model, num_nodes)
+    for block in ("final", "tail"):
+        summary[block].update({f"cloud_on_device_{k}": v for k, v in ceiling.items()})
     write_text(run.recorder.dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
@@ -146,6 +151,8 @@ ADDED_KEYS = {
     "lora.encoder-rank": 0,
     "lora.encoder-alpha": 8.0,
     "lora.encoder-share": True,
+    "seccl.prototype-weight": 0.0,
+    "seccl.prototype-temperature": 0.1,
 }
 # Keys that act only through CCL: they do not tell apart two runs of a method without it.
 CCL_KEYS = ("ccl.weight", "ccl.cloud", "ccl.private-stage", "ccl.max-share")
@@ -153,6 +160,8 @@ CCL_KEYS = ("ccl.weight", "ccl.cloud", "ccl.private-stage", "ccl.max-share")
 UNLABELLED_KEY = "seccl.unlabelled-public"
 # Act only for a method that shares encoder adapters (the others only at a rank > 0).
 ENCODER_KEYS = ("lora.encoder-rank", "lora.encoder-alpha", "lora.encoder-share")
+# Act only for a method with SE-CCL (the temperature only with a weight above 0).
+PROTOTYPE_KEYS = ("seccl.prototype-weight", "seccl.prototype-temperature")
 
 
 def _identity(flat: dict) -> dict:
@@ -171,6 +180,10 @@ def _identity(flat: dict) -> dict:
         inert.update(ENCODER_KEYS)
     elif not merged.get("lora.encoder-rank"):
         inert.update(ENCODER_KEYS[1:])
+    if comps is None or not comps.seccl:
+        inert.update(PROTOTYPE_KEYS)
+    elif not merged.get("seccl.prototype-weight"):
+        inert.update(PROTOTYPE_KEYS[1:])
     return {k: v for k, v in merged.items() if k not in inert}
 
 

@@ -20,6 +20,7 @@ METRICS = (
     "server_f1",
     "server_rouge_lsum",
     "server_bertscore_f1",
+    "cloud_on_device_f1",
 )
 
 # Two-sided 95% Student t quantiles by degrees of freedom (1..30); normal beyond.

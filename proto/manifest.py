@@ -17,15 +17,18 @@ GLOBAL_STATE = pb.PAYLOAD_KIND_GLOBAL_STATE
 SHARED_DELTA = pb.PAYLOAD_KIND_SHARED_DELTA
 ANCHORS = pb.PAYLOAD_KIND_ANCHORS
 REPRESENTATIONS = pb.PAYLOAD_KIND_REPRESENTATIONS
-# Who may send what: the server sends state and anchors, devices send the rest.
+PROTOTYPES = pb.PAYLOAD_KIND_PROTOTYPES
+# Who may send what: the server sends state, anchors and prototypes, devices the rest.
 SENDER = {
     GLOBAL_STATE: pb.SENDER_ROLE_SERVER,
     ANCHORS: pb.SENDER_ROLE_SERVER,
+    PROTOTYPES: pb.SENDER_ROLE_SERVER,
     SHARED_DELTA: pb.SENDER_ROLE_DEVICE,
     REPRESENTATIONS: pb.SENDER_ROLE_DEVICE,
 }
-# Representation payloads hold these two tensors: ids (N,) int64, z (N, F) float32.
-IDS, Z = "ids", "z"
+# Representation payloads hold these two tensors: ids (N,) int64, z (N, F) float32;
+# prototype payloads hold classes (K,) int64 and z (K, F) float32.
+IDS, Z, CLASSES = "ids", "z", "classes"
 
 Kind = int | str
 Arrays = Mapping[str, np.ndarray]
@@ -186,7 +189,9 @@ def validate_payload(
     problems += _device_problems(m)
     if m.kind in (ANCHORS, REPRESENTATIONS):
         problems += _id_problems(m, arrays)
-    elif m.public_ids:
+    elif m.kind == PROTOTYPES:
+        problems += _prototype_problems(arrays)
+    if m.public_ids and m.kind not in (ANCHORS, REPRESENTATIONS):
         problems.append(f"{kind_name(m.kind)} payload lists {len(m.public_ids)} public ids")
     return problems
 
@@ -253,6 +258,20 @@ def _id_problems(m: pb.PayloadManifest, arrays: Arrays) -> list[str]:
         out.append(f"tensor '{IDS}' differs from the manifest's public ids")
     if len(set(m.public_ids)) != len(m.public_ids):
         out.append("public ids repeat")
+    return out
+
+
+def _prototype_problems(arrays: Arrays) -> list[str]:
+    if Z not in arrays or CLASSES not in arrays:
+        return [f"PROTOTYPES payload needs tensors '{CLASSES}' and '{Z}'"]
+    z, classes = np.asarray(arrays[Z]), np.asarray(arrays[CLASSES])
+    out = []
+    if z.ndim != 2 or classes.shape != (z.shape[0],):
+        out.append(f"prototypes '{Z}' {z.shape} and '{CLASSES}' {classes.shape} do not match")
+    if not np.issubdtype(classes.dtype, np.integer):
+        out.append(f"prototype classes have dtype {classes.dtype.name}, not an integer type")
+    elif (classes < 0).any() or len(np.unique(classes)) != classes.size:
+        out.append("prototype classes must be distinct and non-negative")
     return out
 
 

@@ -2,7 +2,8 @@
 
 Server -> device (train and evaluate): ``arrays`` (global shared state) with its
 manifest, ``config`` (``server-round``), and for training ``anchors`` (``ids``,
-``z``: the server's fused representations of the device's public ids).
+``z``: the server's fused representations of the device's public ids) and
+``prototypes`` (``classes``, ``z``: the cloud's class prototypes).
 Device -> server (train reply): ``arrays`` (shared-state delta) whose manifest
 carries the device facts (modality set, per-modality counts, partition),
 ``reps`` (``ids``, ``z``), ``metrics`` (``num-examples`` and training losses) and
@@ -22,13 +23,14 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from common.exchange import DeviceUpdate, GlobalPayload
 from common.state import State, as_float32
-from proto.manifest import IDS, ManifestError, Z, manifest_from, read_manifest
+from proto.manifest import CLASSES, IDS, ManifestError, Z, manifest_from, read_manifest
 from proto.records import (
     ANCHORS,
     ARRAYS,
     CONFIG,
     METRICS,
     NUM_EXAMPLES,
+    PROTOTYPES,
     REPS,
     get_payload,
     manifest_key,
@@ -98,6 +100,7 @@ def instruction(
     config: ConfigRecord,
     anchors: tuple[np.ndarray, np.ndarray] | None = None,
     dtype: str | None = None,
+    prototypes: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RecordDict:
     """Content of a train or evaluate instruction for one device.
 
@@ -109,6 +112,8 @@ def instruction(
         The round's config (holds ``server-round``).
     anchors : tuple of numpy.ndarray, optional
         ``(ids (N,), z (N, F))``: SE-CCL anchors for this device's public ids.
+    prototypes : tuple of numpy.ndarray, optional
+        ``(classes (K,), z (K, F))``: the cloud's class prototypes.
     """
     content = RecordDict(
         {ARRAYS: packed.record, manifest_key(ARRAYS): packed.manifest, CONFIG: config}
@@ -117,11 +122,15 @@ def instruction(
         ids, z = anchors
         payload = {IDS: np.asarray(ids, np.int64), Z: np.asarray(z, np.float32)}
         put_payload(content, ANCHORS, payload, "ANCHORS", dtype, role="server")
+    if prototypes is not None and len(prototypes[0]):
+        classes, z = prototypes
+        payload = {CLASSES: np.asarray(classes, np.int64), Z: np.asarray(z, np.float32)}
+        put_payload(content, PROTOTYPES, payload, "PROTOTYPES", dtype, role="server")
     return content
 
 
 def read_instruction(content: RecordDict) -> GlobalPayload:
-    """The global state and anchors of an instruction, validated against their manifests.
+    """The global state, anchors and prototypes of an instruction, validated.
 
     Raises
     ------
@@ -129,6 +138,11 @@ def read_instruction(content: RecordDict) -> GlobalPayload:
         Naming every contradiction; nothing may be applied then.
     """
     state, anchors = _read_pair(content, "GLOBAL_STATE", ANCHORS, "ANCHORS", "rejected server")
+    protos: State = {}
+    if PROTOTYPES in content.array_records:
+        protos, problems = get_payload(content, PROTOTYPES, "PROTOTYPES")
+        if problems:
+            raise PayloadError(["rejected server prototypes: " + "; ".join(problems)])
     config = content.config_records.get(CONFIG)
     server_round = int(config[SERVER_ROUND]) if config and SERVER_ROUND in config else 0
     token = str(config[ROUND_TOKEN]) if config and ROUND_TOKEN in config else ""
@@ -137,6 +151,8 @@ def read_instruction(content: RecordDict) -> GlobalPayload:
         state=as_float32(state),
         anchor_ids=anchors.get(IDS, np.zeros(0, np.int64)),
         anchors=anchors.get(Z, np.zeros((0, 0), np.float32)).astype(np.float32),
+        prototype_classes=protos.get(CLASSES, np.zeros(0, np.int64)),
+        prototypes=protos.get(Z, np.zeros((0, 0), np.float32)).astype(np.float32),
         server_round=server_round,
     )
 

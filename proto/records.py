@@ -1,7 +1,7 @@
 """Flower records <-> the project's arrays, each payload with its manifest.
 
 A payload is a flat dict of named numpy arrays stored as an ``ArrayRecord``
-under a key (``arrays``, ``anchors``, ``reps``), with its serialized
+under a key (``arrays``, ``anchors``, ``prototypes``, ``reps``), with its serialized
 ``mlecs.v1.PayloadManifest`` in a ``ConfigRecord`` under ``<key>-manifest``.
 """
 
@@ -14,6 +14,7 @@ from common.state import State
 from proto.manifest import build_manifest, manifest_from, manifest_record, validate_payload
 
 ARRAYS, ANCHORS, REPS, CONFIG, METRICS = "arrays", "anchors", "reps", "config", "metrics"
+PROTOTYPES = "prototypes"
 NUM_EXAMPLES = "num-examples"  # Flower's default weighting key, kept verbatim
 
 

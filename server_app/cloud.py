@@ -7,6 +7,7 @@ import numpy as np
 from common.data.views import build_server_data, task_info
 from common.learning.evaluation import evaluate, fused_representations
 from common.learning.loop import Trainer
+from common.learning.prototypes import class_prototypes
 from common.learning.losses import ExtraLoss, anchor_term, ccl_term
 from common.model.adapters import PRIVATE, adapter_parameters
 from common.model.factory import cloud_model
@@ -111,6 +112,13 @@ class Cloud:
     def representations(self) -> tuple[np.ndarray, np.ndarray]:
         """``z^s`` for every public train sample: ``(N,)`` ids, ``(N, F)``."""
         return fused_representations(self.model, self.data.public_train)
+
+    def prototypes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Class prototypes of ``z^s`` over the labelled public train split: ``(K,)``, ``(K, F)``."""
+        ids, z = self.representations()
+        labels = self.data.public_train.labels
+        assert np.array_equal(ids, self.data.public_train.ids)  # rows in sample order
+        return class_prototypes(z, labels)
 
     def evaluate(self) -> dict[str, float]:
         """Score the cloud model on the public test split."""

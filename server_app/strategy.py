@@ -140,11 +140,23 @@ class MlEcsStrategy(FedAvg):
         )
         dtype = self.settings.transport.dtype
         packed = pack_global(work.reference, dtype)
+        protos = self._prototypes()
         for node in nodes:
-            content = instruction(packed, config, self._anchors_for(node), dtype)
+            content = instruction(packed, config, self._anchors_for(node), dtype, protos)
             work.sent.append(Message(content, message_type=MessageType.TRAIN, dst_node_id=node))
             self.ledger.add_down(node, content)
         return work.sent
+
+    def _prototypes(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cloud's class prototypes (SE-CCL with ``seccl.prototype-weight`` > 0), or None.
+
+        Computed from the cloud model as it stands, the same for every device of
+        the round (and after a resume, as the cloud is restored).
+        """
+        s = self.settings
+        if not (s.components.seccl and s.seccl.prototype_weight > 0):
+            return None
+        return self.cloud.prototypes()
 
     def _anchors_for(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Anchors for ``node``: its public ids' rows of the anchor table, or all of them.

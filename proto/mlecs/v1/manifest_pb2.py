@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/mlecs/v1/manifest.proto\x12\x08mlecs.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\x81\x03\n\x0fPayloadManifest\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.mlecs.v1.PayloadKind\x12%\n\x07tensors\x18\x03 \x03(\x0b\x32\x14.mlecs.v1.TensorSpec\x12\x12\n\nmodalities\x18\x04 \x03(\t\x12\x46\n\x0fmodality_counts\x18\x05 \x03(\x0b\x32-.mlecs.v1.PayloadManifest.ModalityCountsEntry\x12\x12\n\npublic_ids\x18\x06 \x03(\x03\x12\"\n\x04role\x18\x07 \x01(\x0e\x32\x14.mlecs.v1.SenderRole\x12\x19\n\x0cpartition_id\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0bround_token\x18\t \x01(\t\x1a\x35\n\x13ModalityCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x0f\n\r_partition_id*\xa5\x01\n\x0bPayloadKind\x12\x1c\n\x18PAYLOAD_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19PAYLOAD_KIND_GLOBAL_STATE\x10\x01\x12\x1d\n\x19PAYLOAD_KIND_SHARED_DELTA\x10\x02\x12\x18\n\x14PAYLOAD_KIND_ANCHORS\x10\x03\x12 \n\x1cPAYLOAD_KIND_REPRESENTATIONS\x10\x04*Y\n\nSenderRole\x12\x1b\n\x17SENDER_ROLE_UNSPECIFIED\x10\x00\x12\x16\n\x12SENDER_ROLE_SERVER\x10\x01\x12\x16\n\x12SENDER_ROLE_DEVICE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/mlecs/v1/manifest.proto\x12\x08mlecs.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\x81\x03\n\x0fPayloadManifest\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.mlecs.v1.PayloadKind\x12%\n\x07tensors\x18\x03 \x03(\x0b\x32\x14.mlecs.v1.TensorSpec\x12\x12\n\nmodalities\x18\x04 \x03(\t\x12\x46\n\x0fmodality_counts\x18\x05 \x03(\x0b\x32-.mlecs.v1.PayloadManifest.ModalityCountsEntry\x12\x12\n\npublic_ids\x18\x06 \x03(\x03\x12\"\n\x04role\x18\x07 \x01(\x0e\x32\x14.mlecs.v1.SenderRole\x12\x19\n\x0cpartition_id\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0bround_token\x18\t \x01(\t\x1a\x35\n\x13ModalityCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x0f\n\r_partition_id*\xc2\x01\n\x0bPayloadKind\x12\x1c\n\x18PAYLOAD_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19PAYLOAD_KIND_GLOBAL_STATE\x10\x01\x12\x1d\n\x19PAYLOAD_KIND_SHARED_DELTA\x10\x02\x12\x18\n\x14PAYLOAD_KIND_ANCHORS\x10\x03\x12 \n\x1cPAYLOAD_KIND_REPRESENTATIONS\x10\x04\x12\x1b\n\x17PAYLOAD_KIND_PROTOTYPES\x10\x05*Y\n\nSenderRole\x12\x1b\n\x17SENDER_ROLE_UNSPECIFIED\x10\x00\x12\x16\n\x12SENDER_ROLE_SERVER\x10\x01\x12\x16\n\x12SENDER_ROLE_DEVICE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYLOADMANIFEST_MODALITYCOUNTSENTRY']._loaded_options = None
   _globals['_PAYLOADMANIFEST_MODALITYCOUNTSENTRY']._serialized_options = b'8\001'
   _globals['_PAYLOADKIND']._serialized_start=490
-  _globals['_PAYLOADKIND']._serialized_end=655
-  _globals['_SENDERROLE']._serialized_start=657
-  _globals['_SENDERROLE']._serialized_end=746
+  _globals['_PAYLOADKIND']._serialized_end=684
+  _globals['_SENDERROLE']._serialized_start=686
+  _globals['_SENDERROLE']._serialized_end=775
   _globals['_TENSORSPEC']._serialized_start=43
   _globals['_TENSORSPEC']._serialized_end=99
   _globals['_PAYLOADMANIFEST']._serialized_start=102

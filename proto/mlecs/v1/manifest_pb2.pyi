@@ -14,6 +14,7 @@ class PayloadKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAYLOAD_KIND_SHARED_DELTA: _ClassVar[PayloadKind]
     PAYLOAD_KIND_ANCHORS: _ClassVar[PayloadKind]
     PAYLOAD_KIND_REPRESENTATIONS: _ClassVar[PayloadKind]
+    PAYLOAD_KIND_PROTOTYPES: _ClassVar[PayloadKind]
 
 class SenderRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,6 +26,7 @@ PAYLOAD_KIND_GLOBAL_STATE: PayloadKind
 PAYLOAD_KIND_SHARED_DELTA: PayloadKind
 PAYLOAD_KIND_ANCHORS: PayloadKind
 PAYLOAD_KIND_REPRESENTATIONS: PayloadKind
+PAYLOAD_KIND_PROTOTYPES: PayloadKind
 SENDER_ROLE_UNSPECIFIED: SenderRole
 SENDER_ROLE_SERVER: SenderRole
 SENDER_ROLE_DEVICE: SenderRole
