@@ -22,7 +22,6 @@ from common.data.views import build_client_data, task_info, training_data
 from common.exchange import DeviceUpdate, GlobalPayload
 from common.learning.evaluation import evaluate, fused_representations
 from common.learning.loop import StageReport, Trainer
-from common.learning.prototypes import prototype_term
 from common.learning.losses import (
     ExtraLoss,
     anchor_term,
@@ -30,7 +29,8 @@ from common.learning.losses import (
     on_unlabelled,
     proximal_term,
 )
-from common.model.adapters import SHARED, adapter_parameters
+from common.learning.prototypes import prototype_term
+from common.model.adapters import PRIVATE, SHARED, adapter_parameters
 from common.model.factory import edge_model
 from common.model.multimodal import MultimodalLM
 from common.model.pretrained_encoders import trainable_parameters
@@ -78,8 +78,16 @@ class Device:
             *adapter_parameters(m.lm, SHARED),
             *m.encoder_adapters.parameters(),
         ]
+        # The paper's AMT (amt.variant = "gate"): a private LoRA and the gate, tuned
+        # in the private stage only, never shared.
+        self.private_params = (
+            [*adapter_parameters(m.lm, PRIVATE), *m.gate.parameters()] if m.gate else []
+        )
         self.trainer = Trainer(
-            m, self.encoder_side + self.shared_params, lr=t.lr, weight_decay=t.weight_decay
+            m,
+            self.encoder_side + self.shared_params + self.private_params,
+            lr=t.lr,
+            weight_decay=t.weight_decay,
         )
 
     # ------------------------------------------------------------------ state
@@ -137,11 +145,10 @@ class Device:
                 terms["proto"] = term
         if comps.prox:
             terms["prox"] = proximal_term(self.shared_params, s.fedprox.mu)
-        steps = s.train.steps
-        shared_steps = steps
-        if comps.amt:
-            shared_steps = min(steps - 1, max(1, round(steps * s.amt.shared_fraction)))
-        report = self._stage(self.held, shared_steps, rng, terms)
+        shared_steps, private_steps = (
+            s.amt.split(s.train.steps) if comps.amt else (s.train.steps, 0)
+        )
+        report = self._stage(self.held, self.shared_params, shared_steps, rng, terms)
         metrics = report.flat("shared" if comps.amt else "train")
         # What is uploaded is the state after the shared stage: the adapters' delta
         # and the fused representations of the device's public share.
@@ -151,11 +158,15 @@ class Device:
         else:
             rep_ids, reps = np.zeros(0, np.int64), np.zeros((0, s.model.fused_dim), np.float32)
         if comps.amt:
-            # Private stage: the device's own copy goes on learning its private data.
+            # Private stage on the private data: the device's own copy of the shared
+            # adapters goes on learning, or (gate) its private adapter and the gate.
             if not s.ccl.private_stage:
                 terms.pop("ccl", None)
-            report = self._stage(self.data.train, steps - shared_steps, rng, terms)
+            own = self.private_params or self.shared_params
+            report = self._stage(self.data.train, own, private_steps, rng, terms)
             metrics.update(report.flat("private"))
+            if m.gate is not None:
+                metrics.update({f"gate_{a}": v for a, v in m.gate.values().items()})
         return DeviceUpdate(
             delta=subtract(uploaded, start) if comps.federated else {},
             rep_ids=rep_ids,
@@ -169,14 +180,19 @@ class Device:
         )
 
     def _stage(
-        self, data: SampleSet, steps: int, rng: np.random.Generator, terms: dict[str, ExtraLoss]
+        self,
+        data: SampleSet,
+        adapters: list,
+        steps: int,
+        rng: np.random.Generator,
+        terms: dict[str, ExtraLoss],
     ) -> StageReport:
         # Every step trains the encoder side and the adapters (equal updates across
         # methods); the gradient shares are measured on the encoder side, where
         # every loss term acts.
         return self.trainer.run(
             data,
-            self.encoder_side + self.shared_params,
+            self.encoder_side + adapters,
             steps,
             self.settings.train.batch_size,
             rng,

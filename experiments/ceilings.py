@@ -7,6 +7,14 @@
   ``data.use-public-share`` is set, as the devices train on them) for the
   federation's whole device step budget (rounds x steps x devices), then scored
   on each device's test split with the device's modalities, like a device is.
+* ``centralized_ft``: the same, with the devices' own architectures and AMT's
+  personal stage: one model per device architecture (encoders and fusion, as
+  ``edge_model`` gives them by partition) trained on the pooled data for the
+  step budget of the devices that use it, less their personal stages; then
+  each device fine-tunes a copy on its own private train split for AMT's
+  private-stage steps (the same adapters a ``fedit-ft`` device tunes) and is
+  scored on its test split. What pooling would give the devices' models under
+  the same schedule as ``mlecs`` and ``fedit-ft``.
 * ``forest``: a random forest on per-channel window statistics (mean, std, min,
   max of every present sensor modality), trained on the same pooled data, scored
   the same way (sensor datasets only).
@@ -30,6 +38,7 @@ ROUGE-Lsum as means over devices) and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import time
@@ -44,7 +53,8 @@ from common.learning.evaluation import evaluate
 from common.learning.loop import Trainer
 from common.learning.metrics import macro_f1
 from common.model.adapters import SHARED, adapter_parameters
-from common.model.factory import cloud_model
+from common.model.encoders import encoder_kind
+from common.model.factory import cloud_model, edge_model, encoder_choices
 from common.model.multimodal import MultimodalLM
 from common.model.pretrained_encoders import trainable_parameters
 from common.reproducibility import pin
@@ -87,16 +97,14 @@ def centralized(settings: RunSettings, num_nodes: int) -> dict[str, float]:
     train, tests = pooled(settings, num_nodes)
     task = task_info(settings)
     model = cloud_model(settings, task)
-    params = [
-        *trainable_parameters(model.encoders),
-        *model.connector.private_parameters(),
-        *model.connector.shared_parameters(),
-        *adapter_parameters(model.lm, SHARED),
-    ]
     t = settings.train
-    steps = settings.num_server_rounds * t.steps * num_nodes
-    trainer = Trainer(model, params, lr=t.lr, weight_decay=t.weight_decay)
-    trainer.run(train, params, steps, t.batch_size, np.random.default_rng([settings.seed, 77]))
+    _train(
+        settings,
+        model,
+        train,
+        settings.num_server_rounds * t.steps * num_nodes,
+        [settings.seed, 77],
+    )
     scores = [
         evaluate(model, test, task, settings.eval, t.eval_batch_size, t.max_new_tokens)
         for test in tests
@@ -104,9 +112,7 @@ def centralized(settings: RunSettings, num_nodes: int) -> dict[str, float]:
     return {k: float(np.mean([s[k] for s in scores])) for k in ("f1", "rouge_lsum")}
 
 
-def cloud_on_device(
-    settings: RunSettings, model: MultimodalLM, num_nodes: int
-) -> dict[str, float]:
+def cloud_on_device(settings: RunSettings, model: MultimodalLM, num_nodes: int) -> dict[str, float]:
     """Mean scores of ``model`` (the cloud's) over the devices' test splits.
 
     Each test split holds only its device's modalities (the others are absent in
@@ -124,7 +130,61 @@ def cloud_on_device(
         )
         for p in range(num_nodes)
     ]
+    keys = [k for k in ("f1", "rouge_lsum", "rank_f1") if k in scores[0]]
+    return {k: float(np.mean([s[k] for s in scores])) for k in keys}
+
+
+def centralized_ft(settings: RunSettings, num_nodes: int) -> dict[str, float]:
+    """Pooled training per device architecture, then each device's personal stage.
+
+    Returns
+    -------
+    dict of str to float
+        Mean ``f1`` and ``rouge_lsum`` over the devices' test splits.
+    """
+    train, _ = pooled(settings, num_nodes)
+    task, t = task_info(settings), settings.train
+    names = tuple(s.name for s in task.specs)
+    personal = settings.amt.split(t.steps)[1]
+    by_arch: dict[tuple, list[int]] = {}
+    for p in range(num_nodes):
+        by_arch.setdefault(architecture(settings, names, p), []).append(p)
+    scores = []
+    for slots in by_arch.values():
+        model = edge_model(settings, names, slots[0], task)
+        budget = len(slots) * (settings.num_server_rounds * t.steps - personal)
+        _train(settings, model, train, budget, [settings.seed, 78, slots[0]])
+        for p in slots:
+            device = build_client_data(settings, p, num_nodes)
+            own = copy.deepcopy(model)
+            _train(settings, own, device.train, personal, [settings.seed, 79, p])
+            scores.append(
+                evaluate(own, device.test, task, settings.eval, t.eval_batch_size, t.max_new_tokens)
+            )
     return {k: float(np.mean([s[k] for s in scores])) for k in ("f1", "rouge_lsum")}
+
+
+def architecture(settings: RunSettings, names: tuple[str, ...], slot: int) -> tuple:
+    """The encoder kind of every modality and the fusion of the device in ``slot``."""
+    task = task_info(settings)
+    choices = encoder_choices(settings.model)
+    kinds = tuple(encoder_kind(s, choices, slot) for s in task.specs if s.name in names)
+    return (*kinds, settings.model.fusions[slot % len(settings.model.fusions)])
+
+
+def _train(
+    settings: RunSettings, model: MultimodalLM, data: SampleSet, steps: int, seed: list[int]
+) -> None:
+    """Train ``model``'s encoder side and shared adapters (what a device trains) on ``data``."""
+    params = [
+        *trainable_parameters(model.encoders),
+        *model.connector.private_parameters(),
+        *model.connector.shared_parameters(),
+        *adapter_parameters(model.lm, SHARED),
+    ]
+    t = settings.train
+    trainer = Trainer(model, params, lr=t.lr, weight_decay=t.weight_decay)
+    trainer.run(data, params, steps, t.batch_size, np.random.default_rng(seed))
 
 
 def window_features(data: SampleSet) -> np.ndarray:
@@ -175,18 +235,29 @@ def forest_own(settings: RunSettings, num_nodes: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run both ceilings for every seed; write ``ceilings.json`` and print a table."""
+    """Run the chosen ceilings for every seed; write ``ceilings.json`` and print a table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--num-nodes", type=int, default=10)
     p.add_argument("--out", default="outputs/ceilings")
     p.add_argument("--config", help="a TOML override file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--skip-centralized", action="store_true", help="only the forest")
+    p.add_argument("--skip-centralized", action="store_true", help="only the forests")
+    p.add_argument(
+        "--ceilings",
+        default=",".join(CEILINGS),
+        help=f"which ceilings, comma-separated, among {','.join(CEILINGS)}",
+    )
     args = p.parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     base = read_toml_config(args.config) if args.config else {}
     base.update(parse_overrides(args.set))
+    wanted = [c for c in args.ceilings.split(",") if c]
+    unknown = [c for c in wanted if c not in CEILINGS]
+    if unknown:
+        p.error(f"unknown ceilings {unknown}, expected some of {list(CEILINGS)}")
+    if args.skip_centralized:
+        wanted = [c for c in wanted if not c.startswith("centralized")]
     out: dict[str, dict] = {}
     for seed in (int(s) for s in args.seeds.split(",") if s):
         settings = RunSettings.from_run_config({**base, "seed": seed})
@@ -195,11 +266,16 @@ def main(argv: list[str] | None = None) -> None:
         pin(settings)
         start = time.time()
         row = {}
-        if settings.dataset != "easyvqa":
-            row["forest"] = forest(settings, args.num_nodes)
-            row["forest_own"] = forest_own(settings, args.num_nodes)
-        if not args.skip_centralized:
-            row["centralized"] = centralized(settings, args.num_nodes)
+        run = {
+            "forest": forest,
+            "forest_own": forest_own,
+            "centralized": centralized,
+            "centralized_ft": centralized_ft,
+        }
+        for name in wanted:
+            if name.startswith("forest") and settings.dataset == "easyvqa":
+                continue  # the forest needs sensor windows
+            row[name] = run[name](settings, args.num_nodes)
         row["seconds"] = round(time.time() - start, 1)
         out[str(seed)] = row
         print(f"seed {seed}: {row}", flush=True)
@@ -208,10 +284,13 @@ def main(argv: list[str] | None = None) -> None:
     print(table(out))
 
 
+CEILINGS = ("forest", "forest_own", "centralized", "centralized_ft")
+
+
 def table(out: dict[str, dict]) -> str:
     """Markdown: each ceiling's client macro-F1 (and ROUGE-Lsum), mean ± std over seeds."""
     lines = ["| ceiling | seeds | client_f1 | client_rouge_lsum |", "|---|---|---|---|"]
-    for name in ("centralized", "forest", "forest_own"):
+    for name in CEILINGS:
         rows = [r[name] for r in out.values() if name in r]
         if not rows:
             continue

@@ -97,9 +97,37 @@ def load(specs: list[str], seeds: set[int] | None = None) -> dict[str, list[dict
     return out
 
 
-def markdown(results: dict[str, list[dict]], metrics: tuple[str, ...] = TABLE_METRICS) -> str:
+def parse_primary(specs: list[str], labels: list[str]) -> tuple[tuple[str, str, str], ...]:
+    """``["A:B", ...]`` -> ``((A, B, "client_f1"), ...)``, the primary comparisons.
+
+    Raises
+    ------
+    ValueError
+        If a spec is not ``A:B`` or names a label that is not among ``labels``.
+    """
+    out = []
+    for spec in specs:
+        a, sep, b = spec.partition(":")
+        if not (sep and a and b):
+            raise ValueError(f"--primary: expected A:B, got {spec!r}")
+        unknown = [x for x in (a, b) if x not in labels]
+        if unknown:
+            raise ValueError(f"--primary: {unknown} not among the labels {labels}")
+        out.append((a, b, PRIMARY_METRIC))
+    return tuple(out)
+
+
+PRIMARY_METRIC = "client_f1"
+
+
+def markdown(
+    results: dict[str, list[dict]],
+    metrics: tuple[str, ...] = TABLE_METRICS,
+    primary: tuple[tuple[str, str, str], ...] = (),
+) -> str:
     """The summary table and the paired-difference table of ``results``."""
-    return stats.summary_table(results) + "\n\n" + stats.diff_table(results, metrics) + "\n"
+    diffs = stats.diff_table(results, metrics, primary)
+    return stats.summary_table(results) + "\n\n" + diffs + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,12 +141,21 @@ def main(argv: list[str] | None = None) -> None:
         "--plot", type=Path, help="write the paired differences against the first label here (png)"
     )
     p.add_argument("--metric", default="client_f1", help="the metric of --plot")
+    p.add_argument(
+        "--primary",
+        action="append",
+        default=[],
+        metavar="A:B",
+        help="a primary comparison (client macro-F1), named before the runs; the others "
+        "are Holm-corrected",
+    )
     args = p.parse_args(argv)
     try:
         results = load(args.sources, parse_seeds(args.seeds) if args.seeds else None)
+        primary = parse_primary(args.primary, list(results))
     except ValueError as e:
         p.error(str(e))  # exits 2 with the problem named, no traceback
-    text = markdown(results)
+    text = markdown(results, primary=primary)
     if args.out:
         write_text(args.out, text)
     if args.csv:

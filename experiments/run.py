@@ -153,6 +153,8 @@ ADDED_KEYS = {
     "lora.encoder-share": True,
     "seccl.prototype-weight": 0.0,
     "seccl.prototype-temperature": 0.1,
+    "eval.decode": "generate",
+    "amt.variant": "schedule",
 }
 # Keys that act only through CCL: they do not tell apart two runs of a method without it.
 CCL_KEYS = ("ccl.weight", "ccl.cloud", "ccl.private-stage", "ccl.max-share")
@@ -180,6 +182,8 @@ def _identity(flat: dict) -> dict:
         inert.update(ENCODER_KEYS)
     elif not merged.get("lora.encoder-rank"):
         inert.update(ENCODER_KEYS[1:])
+    if comps is None or not comps.amt:
+        inert.add("amt.variant")
     if comps is None or not comps.seccl:
         inert.update(PROTOTYPE_KEYS)
     elif not merged.get("seccl.prototype-weight"):

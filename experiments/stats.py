@@ -3,6 +3,12 @@
 Every number comes from run summaries (``summary.json``); ``tail`` values (each
 metric's mean over the last ``eval.tail-rounds`` rounds) are compared, so a
 method is judged at convergence and not on one noisy round.
+
+A table's comparisons are of two kinds: the **primary** ones, named before the
+runs, are read at the 95% level each; every other interval of the table is
+**secondary** and corrected for multiplicity with Holm's step-down procedure
+over all of them (paired t-tests), so a star survives only if it would
+survive among everything else the table reports.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import numpy as np
 
 METRICS = (
     "client_f1",
+    "client_rank_f1",
     "client_rouge_lsum",
     "client_bertscore_f1",
     "server_f1",
@@ -40,7 +47,7 @@ def t95(df: int) -> float:
 
 @dataclass(frozen=True)
 class PairedDiff:
-    """``a - b`` over the seeds both methods ran, with a 95% t interval."""
+    """``a - b`` over the seeds both methods ran, with a 95% t interval and its p-value."""
 
     a: str
     b: str
@@ -49,6 +56,7 @@ class PairedDiff:
     mean: float
     low: float
     high: float
+    p: float = math.nan  # two-sided paired t-test of a mean difference of 0
 
     @property
     def significant(self) -> bool:
@@ -90,8 +98,43 @@ def paired(a: str, b: str, ra: list[dict], rb: list[dict], metric: str) -> Paire
     seeds = sorted(set(va) & set(vb))
     if not seeds:
         return None
-    mean, low, high = mean_interval([va[s] - vb[s] for s in seeds])
-    return PairedDiff(a, b, metric, len(seeds), mean, low, high)
+    diffs = [va[s] - vb[s] for s in seeds]
+    mean, low, high = mean_interval(diffs)
+    return PairedDiff(a, b, metric, len(seeds), mean, low, high, t_test_p(diffs))
+
+
+def t_test_p(values: list[float]) -> float:
+    """Two-sided p-value of a one-sample t-test of mean 0 (NaN for fewer than 2 values).
+
+    Zero spread gives 0 for a non-zero mean and 1 for a zero mean.
+    """
+    from scipy.stats import t
+
+    d = np.asarray(values, dtype=float)
+    if len(d) < 2:
+        return math.nan
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        return 1.0 if d.mean() == 0 else 0.0
+    stat = float(d.mean()) / (sd / math.sqrt(len(d)))
+    return float(2 * t.sf(abs(stat), len(d) - 1))
+
+
+def holm(pvalues: list[float], alpha: float = 0.05) -> list[bool]:
+    """Holm-Bonferroni: which hypotheses are rejected at family-wise level ``alpha``.
+
+    Sort the p-values; the k-th smallest (k from 0) is rejected while it is at
+    most ``alpha / (m - k)``; the first that is not stops the procedure. NaN
+    p-values are never rejected and do not count in ``m``.
+    """
+    order = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    out = [False] * len(pvalues)
+    m = len(order)
+    for k, (p, i) in enumerate(order):
+        if p > alpha / (m - k):
+            break
+        out[i] = True
+    return out
 
 
 def mean_interval(values: list[float]) -> tuple[float, float, float]:
@@ -102,18 +145,6 @@ def mean_interval(values: list[float]) -> tuple[float, float, float]:
         return mean, math.nan, math.nan
     half = t95(len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
     return mean, mean - half, mean + half
-
-
-def all_pairs(results: dict[str, list[dict]], metric: str) -> list[PairedDiff]:
-    """Paired differences of every method against every other one (each pair once)."""
-    methods = list(results)
-    out = []
-    for i, a in enumerate(methods):
-        for b in methods[i + 1 :]:
-            diff = paired(a, b, results[a], results[b], metric)
-            if diff is not None:
-                out.append(diff)
-    return out
 
 
 def _fmt_stat(values: list[float]) -> str:
@@ -140,26 +171,59 @@ def summary_table(results: dict[str, list[dict]], block: str = "tail") -> str:
     return "\n".join(lines)
 
 
-def diff_table(results: dict[str, list[dict]], metrics: tuple[str, ...]) -> str:
-    """Markdown: paired differences (tail), mean and 95% interval, for every pair."""
+def diff_table(
+    results: dict[str, list[dict]],
+    metrics: tuple[str, ...],
+    primary: tuple[tuple[str, str, str], ...] = (),
+) -> str:
+    """Markdown: paired differences (tail), mean and 95% interval, for every pair.
+
+    Parameters
+    ----------
+    primary : tuple of (a, b, metric)
+        The comparisons named before the runs; every other cell is secondary and
+        Holm-corrected over all secondary cells of the table. A pair may be given
+        in either order (``b - a`` is the same comparison).
+    """
+    methods = list(results)
+    pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1 :]]
+    cells = {(a, b, m): paired(a, b, results[a], results[b], m) for a, b in pairs for m in metrics}
+    named = {t for a, b, m in primary for t in ((a, b, m), (b, a, m))}
+    is_primary = {k: k in named for k in cells}
+    secondary = [k for k, d in cells.items() if d is not None and not is_primary[k]]
+    survives = dict(zip(secondary, holm([cells[k].p for k in secondary])))
     lines = [
         "| a - b | seeds | " + " | ".join(metrics) + " |",
         "|" + "---|" * (len(metrics) + 2),
     ]
-    methods = list(results)
-    for i, a in enumerate(methods):
-        for b in methods[i + 1 :]:
-            cells, n = [], 0
-            for metric in metrics:
-                d = paired(a, b, results[a], results[b], metric)
-                if d is None:
-                    cells.append("n/a")
-                    continue
-                n = max(n, d.n)
-                cells.append(format_interval(d.mean, d.low, d.high))
-            lines.append(f"| {a} - {b} | {n} | " + " | ".join(cells) + " |")
+    for a, b in pairs:
+        row, n = [], 0
+        for m in metrics:
+            d = cells[(a, b, m)]
+            if d is None:
+                row.append("n/a")
+                continue
+            n = max(n, d.n)
+            text = format_interval(d.mean, d.low, d.high)
+            if text.endswith(" *") and not is_primary[(a, b, m)] and not survives[(a, b, m)]:
+                text = text[:-2] + " (*)"
+            row.append(f"**{text}**" if is_primary[(a, b, m)] else text)
+        lines.append(f"| {a} - {b} | {n} | " + " | ".join(row) + " |")
     lines.append("")
-    lines.append("`*`: the 95% interval of the paired difference excludes 0.")
+    if primary:
+        lines.append(
+            "Bold: a primary comparison, named before the runs; `*`: its 95% interval "
+            "excludes 0. Every other cell is secondary: `*` when its paired t-test "
+            f"survives Holm's correction over the table's {len(secondary)} secondary "
+            "cells (family-wise 5%), `(*)` when its interval excludes 0 but the "
+            "correction removes the star."
+        )
+    else:
+        lines.append(
+            "`*`: the paired t-test survives Holm's correction over the table's "
+            f"{len(secondary)} cells (family-wise 5%); `(*)`: the 95% interval excludes 0 "
+            "but the correction removes the star."
+        )
     return "\n".join(lines)
 
 

@@ -7,8 +7,8 @@ import numpy as np
 from common.data.views import build_server_data, task_info
 from common.learning.evaluation import evaluate, fused_representations
 from common.learning.loop import Trainer
-from common.learning.prototypes import class_prototypes
 from common.learning.losses import ExtraLoss, anchor_term, ccl_term
+from common.learning.prototypes import class_prototypes
 from common.model.adapters import PRIVATE, adapter_parameters
 from common.model.factory import cloud_model
 from common.model.pretrained_encoders import trainable_parameters
@@ -114,7 +114,7 @@ class Cloud:
         return fused_representations(self.model, self.data.public_train)
 
     def prototypes(self) -> tuple[np.ndarray, np.ndarray]:
-        """Class prototypes of ``z^s`` over the labelled public train split: ``(K,)``, ``(K, F)``."""
+        """Class prototypes of ``z^s`` on the labelled public train split: (K,), (K, F)."""
         ids, z = self.representations()
         labels = self.data.public_train.labels
         assert np.array_equal(ids, self.data.public_train.ids)  # rows in sample order

@@ -30,7 +30,7 @@ from flwr.supercore.differential_privacy import (
     get_norm,
 )
 
-from common.settings import DpSettings
+from common.sections import DpSettings
 from common.state import State
 
 

@@ -16,6 +16,8 @@ from server_app.round_result import RoundResult
 
 # Metrics that the summary's "final" block reports for both sides.
 FINAL_KEYS = ("rouge_lsum", "bertscore_f1", "f1")
+# Recorded only where an evaluation produced them (eval.decode = "both").
+OPTIONAL_KEYS = ("rank_f1",)
 
 
 def default_run_name(settings: RunSettings) -> str:
@@ -47,6 +49,11 @@ def round_record(result: RoundResult, server: dict[str, float]) -> dict[str, Any
         if result.clients_global:
             vals = [m.get(key) for m in result.clients_global.values()]
             record[f"client_global_{key}"] = _mean(vals)
+    for key in OPTIONAL_KEYS:
+        if any(key in m for m in clients.values()):
+            record[f"client_{key}"] = _mean([m.get(key) for m in clients.values()])
+        if key in server:
+            record[f"server_{key}"] = server[key]
     record.update(
         seconds=result.seconds,
         comm=result.comm,
@@ -143,6 +150,9 @@ class Recorder:
         for side in ("client", "server"):
             for key in FINAL_KEYS:
                 final[f"{side}_{key}"] = last.get(f"{side}_{key}")
+            for key in OPTIONAL_KEYS:
+                if f"{side}_{key}" in last:
+                    final[f"{side}_{key}"] = last[f"{side}_{key}"]
         tail_rounds = self.history[-self.settings.eval.tail_rounds :]
         tail = {k: _mean([r.get(k) for r in tail_rounds]) for k in final}
         summary = {

@@ -11,7 +11,8 @@ import functools
 import numpy as np
 
 from common.data.pool import load_pool
-from common.settings import ConfigError, EasyVqaSettings, JsonlSettings, RunSettings
+from common.sections import EasyVqaSettings, JsonlSettings
+from common.settings import ConfigError, RunSettings
 
 # Purpose constants mixed into seeds: each draw has its own independent stream.
 SEED_PUBLIC_USERS = 1

@@ -8,7 +8,7 @@ import torch
 from common.data.samples import SampleSet, TaskInfo
 from common.learning import metrics
 from common.model.multimodal import MultimodalLM
-from common.settings import EvalSettings
+from common.sections import EvalSettings
 
 
 @torch.no_grad()
@@ -24,6 +24,20 @@ def predict(
     return out
 
 
+@torch.no_grad()
+def rank_predict(
+    model: MultimodalLM, data: SampleSet, answers: list[str], batch_size: int
+) -> list[str]:
+    """For every sample of ``data``, the answer of ``answers`` the model finds likeliest."""
+    model.eval()
+    out: list[str] = []
+    for start in range(0, len(data), batch_size):
+        index = np.arange(start, min(start + batch_size, len(data)))
+        scores = model.answer_log_likelihoods(model.make_batch(data, index), answers)
+        out.extend(answers[k] for k in scores.argmax(1).tolist())
+    return out
+
+
 def evaluate(
     model: MultimodalLM,
     data: SampleSet,
@@ -32,11 +46,25 @@ def evaluate(
     batch_size: int,
     max_new_tokens: int,
 ) -> dict[str, float]:
-    """Generate for ``data`` and score it (ROUGE-Lsum, BERTScore F1, macro-F1)."""
-    preds = predict(model, data, batch_size, max_new_tokens)
+    """Predict for ``data`` and score it (ROUGE-Lsum, BERTScore F1, macro-F1).
+
+    ``cfg.decode`` picks the predictions every metric scores: greedy generation
+    (``generate``, and ``both``) or rank classification over the task's class
+    names (``rank``); ``both`` adds ``rank_f1``, rank classification's macro-F1.
+    A task without class names is always scored on generation.
+    """
+    ranked = cfg.decode in ("rank", "both") and bool(task.class_names)
+    if ranked:
+        by_rank = rank_predict(model, data, list(task.class_names), batch_size)
+    if ranked and cfg.decode == "rank":
+        preds = by_rank
+    else:
+        preds = predict(model, data, batch_size, max_new_tokens)
     out = metrics.score(
         preds, data.targets, data.labels, task.class_names, cfg.bertscore, cfg.bertscore_model
     )
+    if ranked:
+        out["rank_f1"] = metrics.macro_f1(by_rank, data.labels, task.class_names)
     out["num_examples"] = float(len(data))
     return out
 

@@ -11,7 +11,7 @@ from torch import nn
 from common.data.samples import SampleSet
 from common.learning.contrastive import ccl_loss, volume_infonce
 from common.model.multimodal import Batch, MultimodalLM
-from common.settings import CclSettings
+from common.sections import CclSettings
 
 # Extra loss terms get the batch, the embeddings e (B, M, D) and z (B, F).
 ExtraLoss = Callable[[Batch, torch.Tensor, torch.Tensor], torch.Tensor | None]

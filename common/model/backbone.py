@@ -25,7 +25,8 @@ from transformers import (
 )
 
 from common.atomic import atomic_write
-from common.settings import ConfigError, TinyBackboneSettings
+from common.run_config import ConfigError
+from common.sections import TinyBackboneSettings
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from common.model.encoders import encoder_kind
 from common.model.multimodal import MultimodalLM
 from common.model.pretrained import converted_dir, is_pretrained
 from common.model.sharing import freeze, frozen_copy
-from common.settings import ModelSettings, RunSettings, TinyBackboneSettings
+from common.sections import ModelSettings, TinyBackboneSettings
+from common.settings import RunSettings
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def edge_model(
     # seed is set after it and the model's own initial weights never depend on it.
     backbone = backbone_for(settings, task, m.backbone)
     torch.manual_seed(settings.seed * 100_003 + slot)
+    gated = settings.components.amt and settings.amt.variant == "gate"
     model = MultimodalLM(
         task.specs,
         held,
@@ -121,6 +123,8 @@ def edge_model(
         settings.lora,
         task.prompt,
         shared_seed(settings),
+        private_adapter=gated,
+        gate=gated,
         encoder_rank=shared_encoder_rank(settings),
         encoder_alpha=settings.lora.encoder_alpha,
     )

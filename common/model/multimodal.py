@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from common.data.samples import ModalitySpec, SampleSet
-from common.model.adapters import add_adapters, freeze_all
+from common.model.adapters import AdapterGate, add_adapters, freeze_all
 from common.model.backbone import Backbone
 from common.model.connector import Connector
 from common.model.encoder_adapters import EncoderGroups, group_prefix
 from common.model.encoders import build_encoder
-from common.settings import LoraSettings, ModelSettings
+from common.sections import LoraSettings, ModelSettings
 
 TEXT_MAX_TOKENS = 32
 
@@ -71,6 +71,9 @@ class MultimodalLM(nn.Module):
         Seed of the connector parts every model of a run starts from alike.
     private_adapter : bool
         Give the backbone its own LoRA beside the shared one (the cloud model).
+    gate : bool
+        Mix the shared and the private adapter by a learned gate (a device under
+        the paper's AMT, ``amt.variant = "gate"``; needs ``private_adapter``).
     encoder_rank : int
         Rank of the encoders' shared low-rank adapters (0 = none); with them, each
         encoder starts from its kind's common seeded weights
@@ -91,6 +94,7 @@ class MultimodalLM(nn.Module):
         prompt: str,
         shared_seed: int = 0,
         private_adapter: bool = False,
+        gate: bool = False,
         encoder_rank: int = 0,
         encoder_alpha: float = 1.0,
     ) -> None:
@@ -126,6 +130,7 @@ class MultimodalLM(nn.Module):
         )
         freeze_all(backbone.model)
         self.lm = add_adapters(backbone.model, lora, private=private_adapter)
+        self.gate = AdapterGate().attach(self.lm) if gate else None
         # bf16 autocast for training and generation (set on CUDA by the factory).
         self.autocast = False
         tok = self.tokenizer
@@ -263,6 +268,30 @@ class MultimodalLM(nn.Module):
         with self.precision():
             loss = self.lm(inputs_embeds=embeds, attention_mask=attn, labels=labels).loss
         return loss.float()
+
+    @torch.no_grad()
+    def answer_log_likelihoods(self, batch: Batch, answers: list[str]) -> torch.Tensor:
+        """Log-likelihood of each answer text (and the end of text) for each sample.
+
+        Rank classification, as lm-eval-harness scores multiple choice: the end
+        token is scored too, so a label that is a prefix of another ("walking",
+        "walking upstairs") is not favoured for being short.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, K)``: the summed token log-probabilities of answer ``k`` for sample ``b``.
+        """
+        _, z = self.represent(batch)
+        tok, rows = self.tokenizer, len(batch.targets)
+        out = []
+        for answer in answers:
+            ids = tok(" " + answer + tok.eos_token, add_special_tokens=False).input_ids
+            target = torch.tensor(ids, device=self.device).expand(rows, -1)
+            logits, _ = self.target_logits(replace(batch, target_ids=target), z)
+            logp = torch.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            out.append(logp.sum(1))
+        return torch.stack(out, 1)
 
     @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int) -> list[str]:

@@ -8,9 +8,10 @@ Three kinds, each a flat :data:`~common.state.State` with prefixed keys:
   shared by kind, ``enclora/<modality>/<kind>/...`` (their adapters, see
   ``common.model.encoder_adapters``);
 * **local**: what stays on a device, ``enc/`` (encoders), ``conn/`` (connector),
-  ``opt/`` (optimiser state, see ``common.learning.loop``), and ``shared/``: the
+  ``opt/`` (optimiser state, see ``common.learning.loop``), ``shared/``: the
   device's own copy of the shared adapters (its personal adapters after AMT's
-  private stage, or simply its adapters when nothing is federated);
+  private stage, or simply its adapters when nothing is federated), and under
+  the paper's AMT its private LoRA (``private/``) and gate (``gate/``);
 * **cloud**: the server model's own state, ``enc/``, ``conn/``, ``private/``.
 """
 
@@ -34,7 +35,7 @@ from common.model.pretrained_encoders import frozen_keys
 from common.settings import RunSettings
 from common.state import LORA, PROMPT, State, prefixed, select
 
-ENC, CONN, PRIV, OWN_SHARED = "enc/", "conn/", "private/", "shared/"
+ENC, CONN, PRIV, OWN_SHARED, GATE = "enc/", "conn/", "private/", "shared/", "gate/"
 
 
 def module_state(module: nn.Module, prefix: str = "", only: tuple[str, ...] = ()) -> State:
@@ -154,6 +155,9 @@ def local_state(model: MultimodalLM, keep_shared: bool) -> State:
     state = {**module_state(model.encoders, ENC), **module_state(model.connector, CONN)}
     if keep_shared:
         state.update(prefixed(shared_state(model), OWN_SHARED))
+    if model.gate is not None:
+        state.update(prefixed(adapter_state(model.lm, PRIVATE), PRIV))
+        state.update(module_state(model.gate, GATE))
     return state
 
 
@@ -164,6 +168,9 @@ def load_local_state(model: MultimodalLM, state: State) -> None:
     own = select(state, OWN_SHARED)
     if own:
         load_shared_state(model, own)
+    if model.gate is not None:
+        load_adapter_state(model.lm, PRIVATE, select(state, PRIV))
+        load_module_state(model.gate, state, GATE)
 
 
 # ------------------------------------------------------------------------- cloud

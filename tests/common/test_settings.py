@@ -58,6 +58,9 @@ def test_server_encoders_name_the_cloud_encoder_per_kind():
         ({"server.encoders": "cnn1d"}, "server.encoders"),
         ({"server.encoders": "sensor:gru,sensor:mlp"}, "server.encoders"),
         ({"lora.encoder-rank": -1}, "lora.encoder-rank"),
+        ({"amt.variant": "mixture"}, "amt.variant"),
+        ({"eval.decode": "beam"}, "eval.decode"),
+        ({"seccl.prototype-temperature": 0}, "seccl.prototype-temperature"),
         ({"dp.noise-multiplier": 1.0, "lora.encoder-rank": 4}, "lora.encoder-rank"),
     ],
 )
@@ -76,6 +79,11 @@ def test_method_components():
     # Encoder adapters by kind are ML-ECS's: its ablations keep them, baselines have none
     assert all(RunSettings(method=m).components.share_encoders for m in ("mlecs", "no-ccl"))
     assert not any(RunSettings(method=m).components.share_encoders for m in BASELINES)
+    # The controls: AMT's schedule and nothing else of ML-ECS
+    for method, federated in (("fedit-ft", True), ("standalone-ft", False)):
+        c = RunSettings(method=method).components
+        assert c.amt and c.federated == federated
+        assert not (c.ccl or c.mma or c.seccl or c.share_encoders or c.rep_exchange)
     # Central DP with a method that cannot share them is fine
     RunSettings.from_run_config(
         {"method": "fedit", "dp.noise-multiplier": 1.0, "lora.encoder-rank": 4}

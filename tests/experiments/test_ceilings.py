@@ -77,6 +77,7 @@ def test_main_writes_a_row_per_seed_under_the_pinned_threads(tmp_path, monkeypat
     monkeypatch.setattr(ceilings, "centralized", fake)
     monkeypatch.setattr(ceilings, "forest", fake)
     monkeypatch.setattr(ceilings, "forest_own", fake)
+    monkeypatch.setattr(ceilings, "centralized_ft", fake)
     before = torch.get_num_threads()
     try:
         ceilings.main(
@@ -87,3 +88,60 @@ def test_main_writes_a_row_per_seed_under_the_pinned_threads(tmp_path, monkeypat
     assert {s for s, _, _ in seen} == {3, 4} and all(t == 1 for _, _, t in seen)
     rows = json.loads((tmp_path / "ceilings.json").read_text())
     assert set(rows) == {"3", "4"} and rows["3"]["centralized"]["f1"] == 0.5
+    assert set(rows["3"]) == {"forest", "forest_own", "centralized", "centralized_ft", "seconds"}
+
+
+def test_centralized_ft_pools_per_architecture_then_tunes_each_device(tiny_config, monkeypatch):
+    # Prepare: five devices over three architectures (slots 0 and 3, 1 and 4, 2)
+    config = {**tiny_config, "num-server-rounds": 3, "train.steps": 4}
+    settings = RunSettings.from_run_config(config)
+    calls = []
+
+    def record(settings, model, data, steps, seed):
+        calls.append((len(data), steps, seed))
+
+    monkeypatch.setattr(ceilings, "_train", record)
+    # Execute
+    scores = ceilings.centralized_ft(settings, 5)
+    # Assert: one pooled model per architecture with its devices' budget less their
+    # personal stages, then one personal stage (2 of 4 steps) per device on its train split
+    train, _ = ceilings.pooled(settings, 5)
+    pooled_calls = [c for c in calls if c[2][1] == 78]
+    assert [(n, steps) for n, steps, _ in pooled_calls] == [
+        (len(train), 2 * (3 * 4 - 2)),
+        (len(train), 2 * (3 * 4 - 2)),
+        (len(train), 1 * (3 * 4 - 2)),
+    ]
+    personal = [c for c in calls if c[2][1] == 79]
+    devices = [build_client_data(settings, p, 5) for p in range(5)]
+    assert sorted((c[2][2], c[0], c[1]) for c in personal) == [
+        (p, len(d.train), 2) for p, d in enumerate(devices)
+    ]
+    assert set(scores) == {"f1", "rouge_lsum"}
+
+
+def test_architecture_follows_the_devices_encoder_and_fusion_cycle(tiny_config):
+    settings = RunSettings.from_run_config(tiny_config)
+    names = ("acc", "gyro")
+    arch = [ceilings.architecture(settings, names, p) for p in range(6)]
+    assert arch[0] == arch[3] and arch[1] == arch[4] and len(set(arch)) == 3
+    assert arch[0][-1] == "mean" and arch[1][-1] == "attention"
+
+
+def test_cloud_on_device_scores_the_cloud_on_each_devices_own_test(tiny_config, monkeypatch):
+    settings = RunSettings.from_run_config(tiny_config)
+    seen = []
+
+    def fake_evaluate(model, data, task, cfg, batch_size, max_new_tokens):
+        seen.append((model, data.ids.tolist(), data.mask.tolist()))
+        return {"f1": float(len(seen)), "rouge_lsum": 1.0}
+
+    monkeypatch.setattr(ceilings, "evaluate", fake_evaluate)
+    model = object()
+    scores = ceilings.cloud_on_device(settings, model, NODES)
+    devices = [build_client_data(settings, p, NODES) for p in range(NODES)]
+    assert [(ids, mask) for _, ids, mask in seen] == [
+        (d.test.ids.tolist(), d.test.mask.tolist()) for d in devices
+    ]
+    assert all(m is model for m, _, _ in seen)
+    assert scores == {"f1": 2.0, "rouge_lsum": 1.0}

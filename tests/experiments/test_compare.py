@@ -109,3 +109,17 @@ def test_the_command_line_names_a_bad_seed_list(tmp_path, capsys):
         compare.main([f"a={tmp_path}:mlecs", "--seeds", "9-3"])
     assert stop.value.code == 2
     assert "seeds: empty range '9-3'" in capsys.readouterr().err
+
+
+def test_primary_comparisons_are_named_by_label(tmp_path):
+    labels = ["mlecs", "fedit-ft", "fedit"]
+    assert compare.parse_primary(["mlecs:fedit-ft"], labels) == (
+        ("mlecs", "fedit-ft", "client_f1"),
+    )
+    with pytest.raises(ValueError, match="expected A:B"):
+        compare.parse_primary(["mlecs-fedit-ft"], labels)
+    with pytest.raises(ValueError, match=r"\['standalone'\] not among the labels"):
+        compare.parse_primary(["mlecs:standalone"], labels)
+    results = {"a": _runs([0.6, 0.7, 0.8]), "b": _runs([0.5, 0.6, 0.7])}
+    text = compare.markdown(results, ("client_f1",), (("a", "b", "client_f1"),))
+    assert "| a - b | 3 | **+0.100 [+0.100, +0.100] *** |" in text

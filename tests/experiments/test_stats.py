@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from experiments.stats import diff_table, mean_interval, paired, summary_table, t95
+from experiments.stats import (
+    diff_table,
+    holm,
+    mean_interval,
+    paired,
+    summary_table,
+    t95,
+    t_test_p,
+)
 
 
 def _runs(values: dict[int, float]) -> list[dict]:
@@ -58,3 +66,42 @@ def test_tables_show_seed_counts_and_mark_significance():
         "] * |"
     )
     assert lines["| a - c"].startswith("| a - c | 3 | +0.000 [") and "*" not in lines["| a - c"]
+
+
+def test_holm_steps_down_and_stops_at_the_first_failure():
+    # m = 4: 0.005 <= 0.05/4 and 0.01 <= 0.05/3 are rejected; 0.03 > 0.05/2 stops it,
+    # so 0.04 is kept too although 0.04 <= 0.05/1.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]
+    assert holm([0.04, math.nan]) == [True, False]  # a NaN neither counts nor is rejected
+    assert holm([]) == []
+
+
+def test_t_test_p_matches_scipy():
+    from scipy.stats import ttest_1samp
+
+    values = [0.02, -0.01, 0.03, 0.015, 0.0]
+    assert t_test_p(values) == pytest.approx(ttest_1samp(values, 0.0).pvalue)
+    assert t_test_p([0.1, 0.1]) == 0.0 and t_test_p([0.0, 0.0]) == 1.0
+    assert math.isnan(t_test_p([0.1]))
+
+
+def test_primary_cells_stand_alone_and_secondary_stars_must_survive_holm():
+    # a - b: diffs 0.06, 0.01, 0.04, 0.07, 0.02 (p ~ 0.03): significant alone, but among
+    # the many secondary cells below Holm asks for p <= 0.05 / m of it.
+    base = {s: 0.5 + 0.01 * s for s in range(5)}
+    results = {
+        "a": _runs({s: v + d for (s, v), d in zip(base.items(), (0.06, 0.01, 0.04, 0.07, 0.02))}),
+        "b": _runs(base),
+        **{
+            f"x{i}": _runs({s: v + 0.001 * i * (-1) ** s for s, v in base.items()})
+            for i in range(5)
+        },
+    }
+    raw = paired("a", "b", results["a"], results["b"], "client_f1")
+    assert raw.significant and 0.005 < raw.p < 0.05
+    lines = {x.split(" | ")[0]: x for x in diff_table(results, ("client_f1",)).splitlines()}
+    assert lines["| a - b"].endswith("(*) |")  # secondary: the correction removes the star
+    table = diff_table(results, ("client_f1",), primary=(("b", "a", "client_f1"),))
+    lines = {x.split(" | ")[0]: x for x in table.splitlines()}
+    assert lines["| a - b"].endswith(" *** |")  # primary (either order): bold, starred
+    assert "Bold: a primary comparison" in table

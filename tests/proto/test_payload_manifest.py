@@ -257,3 +257,30 @@ def test_config_record_without_manifest():
     assert validate_payload(manifest_from(ConfigRecord({})), {}) == [
         "payload has no manifest (bytes)"
     ]
+
+
+def _protos() -> dict[str, np.ndarray]:
+    return {"classes": np.array([0, 3], np.int64), "z": np.ones((2, 4), np.float32)}
+
+
+def test_prototypes_come_from_the_server_with_classes_and_rows():
+    manifest = build_manifest("PROTOTYPES", _protos(), role="server")
+    assert validate_payload(manifest, _protos(), expected_kind="PROTOTYPES") == []
+    with pytest.raises(ManifestError, match="must come from the server"):
+        build_manifest("PROTOTYPES", _protos(), role="device", partition_id=0)
+
+
+@pytest.mark.parametrize(
+    ("classes", "z", "problem"),
+    [
+        (np.array([0, 0], np.int64), np.ones((2, 4), np.float32), "distinct and non-negative"),
+        (np.array([0, -1], np.int64), np.ones((2, 4), np.float32), "distinct and non-negative"),
+        (np.array([0, 1, 2], np.int64), np.ones((2, 4), np.float32), "do not match"),
+        (np.array([0.0, 1.0], np.float32), np.ones((2, 4), np.float32), "not an integer"),
+    ],
+)
+def test_malformed_prototypes_are_named(classes, z, problem):
+    with pytest.raises(ManifestError, match=problem):
+        build_manifest("PROTOTYPES", {"classes": classes, "z": z}, role="server")
+    with pytest.raises(ManifestError, match="needs tensors 'classes' and 'z'"):
+        build_manifest("PROTOTYPES", {"z": z}, role="server")

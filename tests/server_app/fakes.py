@@ -33,6 +33,10 @@ class FakeCloud:
         ids = np.array(PUBLIC, np.int64)
         return ids, np.arange(len(ids) * FUSED, dtype=np.float32).reshape(-1, FUSED)
 
+    def prototypes(self):
+        z = np.eye(3, FUSED, dtype=np.float32)
+        return np.array([0, 2, 5], np.int64), z
+
 
 class FakeGrid:
     def __init__(self, nodes):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.settings import DpSettings
+from common.sections import DpSettings
 from server_app.privacy import CentralDp
 
 

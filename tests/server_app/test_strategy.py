@@ -187,3 +187,19 @@ def test_a_dead_nodes_error_reply_is_blamed_on_that_node_not_the_superlink():
     result = st.finish_round()
     assert set(result.rejected) == {2} and "Node Unavailable" in result.rejected[2]
     assert result.missing == []
+
+
+@pytest.mark.parametrize(
+    ("method", "weight", "sent"),
+    [("mlecs", 1.0, True), ("mlecs", 0.0, False), ("no-seccl", 1.0, False), ("fedit", 1.0, False)],
+)
+def test_the_clouds_prototypes_reach_every_device_only_under_se_ccl(method, weight, sent):
+    st = strategy(method, **{"seccl.prototype-weight": weight})
+    msgs = instructions(st)
+    for msg in msgs.values():
+        payload = read_instruction(msg.content)
+        if sent:
+            assert payload.prototype_classes.tolist() == [0, 2, 5]
+            np.testing.assert_array_equal(payload.prototypes, np.eye(3, FUSED, dtype=np.float32))
+        else:
+            assert len(payload.prototype_classes) == 0 and "prototypes" not in msg.content
