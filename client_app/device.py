@@ -8,7 +8,11 @@ split and its public share), whose result is uploaded. With AMT the budget is
 split: a shared stage on all that data, whose result is uploaded, then a private
 stage that goes on tuning the device's own copy of the adapters on its private
 data alone. That personal copy never leaves the device; it is the model the device
-uses (and is scored with) until the next round's global state arrives.
+uses (and is scored with) until the next round's global state arrives. Under the
+paper's AMT (``amt.variant = "gate"``) the private stage tunes a private LoRA and
+the gate mixing it with the shared one instead; both stay on the device across
+rounds. With ``seccl.prototype-weight`` the cloud's class prototypes pull the fused
+representation of every labelled sample toward its class, in both stages.
 """
 
 from __future__ import annotations
