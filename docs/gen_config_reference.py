@@ -145,9 +145,9 @@ def _default(value: Any) -> str:
 
 def _text(text: str) -> str:
     """A comment as table text: Markdown's special characters escaped."""
-    for char in "\\`*_<|":
+    for char in "\\`*_|":
         text = text.replace(char, "\\" + char)
-    return text
+    return text.replace("<", "&lt;")
 
 
 def _describe(comment: str, annotation: Any) -> str:
