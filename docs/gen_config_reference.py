@@ -6,7 +6,7 @@ key's comment under ``[tool.flwr.app.config]`` in ``pyproject.toml``, else the
 comment beside (or right above) the field in the model's source. ``tests/test_docs.py``
 regenerates the page in memory and fails when the committed page differs.
 
-Run from the repository root: ``.venv/bin/python docs/gen_config_reference.py``.
+Run from the repository root: ``.venv/bin/python docs/gen_config_reference.py [OUT]``.
 """
 
 from __future__ import annotations
@@ -193,11 +193,12 @@ def render(pyproject_text: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    """Write the page."""
-    PAGE.write_text(render())
-    print(f"wrote {PAGE.relative_to(ROOT)}")
+def main(argv: list[str]) -> None:
+    """Write the page, to ``argv[0]`` when given (else ``docs/configuration-reference.md``)."""
+    out = Path(argv[0]) if argv else PAGE
+    out.write_text(render())
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

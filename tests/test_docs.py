@@ -44,6 +44,22 @@ def test_configuration_reference_is_generated_from_the_settings():
     )
 
 
+def test_the_generator_runs_as_a_script(tmp_path: Path):
+    # Prepare: the script must import this checkout's settings, whatever else is installed
+    out = tmp_path / "reference.md"
+    # Execute
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "gen_config_reference.py"), str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == (ROOT / "docs" / "configuration-reference.md").read_text()
+
+
 def test_configuration_reference_lists_every_key_of_pyproject():
     # Prepare
     gen = load_generator()
