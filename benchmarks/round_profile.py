@@ -47,7 +47,7 @@ PARTS = {
         "server_app.cloud.Cloud.distill",
     ],
     "aggregation": [
-        "server_app.strategy.check_contribution",
+        "server_app.replies.check_contribution",
         "server_app.strategy.aggregate_shared",
         "server_app.strategy.bound_representations",
         "server_app.strategy.aggregate_representations",

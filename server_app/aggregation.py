@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.sections import MmaSettings
 from common.state import ENC_LORA, SHARED_PREFIXES, State
 from server_app.contribution import Contribution
 
@@ -316,3 +317,31 @@ def aggregate_representations(
         return ids, np.zeros((0, 0), np.float32)
     z = np.stack([sums[i] / totals[i] for i in ids]).astype(np.float32)
     return ids, z
+
+
+def representation_consensus(
+    contribs: list[Contribution],
+    num_modalities: int,
+    mma: MmaSettings,
+    reference_ids: np.ndarray,
+    reference: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """The devices' consensus ``z^c`` per public id: bounded rows, MMA-weighted.
+
+    Each device's rows are bounded against the cloud's (:func:`bound_representations`),
+    then averaged per public id with its MMA weight (``mma.beta``, counts capped at
+    ``mma.clip-factor`` times the median) times its disagreement multiplier.
+
+    Returns
+    -------
+    ids, z : numpy.ndarray
+        As :func:`aggregate_representations`.
+    notes : dict of int to str
+        Node id -> what was clipped or damped, for the log.
+    """
+    weights = mma_weights(contribs, num_modalities, mma.beta, mma.clip_factor)
+    reps, mult, notes = bound_representations(
+        contribs, reference_ids, reference, mma.clip_factor, mma.disagreement
+    )
+    ids, z = aggregate_representations(contribs, weights * mult, reps)
+    return ids, z, notes

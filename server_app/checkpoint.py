@@ -37,6 +37,19 @@ class StrategySnapshot:
     public_ids: dict[int, np.ndarray] = field(default_factory=dict)
     dp_releases: list[int] = field(default_factory=list)  # devices per private release
 
+    def share_anchors(self, partition: int) -> tuple[np.ndarray, np.ndarray]:
+        """The anchor rows of ``partition``'s public ids, or the whole table.
+
+        A device the server has not heard from yet (round 1, a newcomer) gets the
+        whole table, as the server does not know its share.
+        """
+        ids = self.public_ids.get(partition)
+        if ids is None:
+            return self.anchor_ids, self.anchors
+        row = {int(i): r for r, i in enumerate(self.anchor_ids)}
+        ids = np.array([i for i in ids if int(i) in row], np.int64)
+        return ids, self.anchors[[row[int(i)] for i in ids]]
+
 
 @dataclass
 class Checkpoint:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 import numpy as np
@@ -14,53 +13,27 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from common.exchange import DeviceUpdate
 from common.settings import RunSettings
 from common.state import State, as_float32
 from proto.messages import (
     ROUND_TOKEN,
     SERVER_ROUND,
     PackedState,
-    PayloadError,
     instruction,
     pack_global,
     read_evaluate_reply,
-    read_train_reply,
 )
 from proto.records import NUM_EXAMPLES, from_record, to_record
-from server_app.aggregation import (
-    aggregate_representations,
-    aggregate_shared,
-    bound_representations,
-    mma_weights,
-)
+from server_app.aggregation import aggregate_shared, mma_weights, representation_consensus
 from server_app.checkpoint import StrategySnapshot
 from server_app.cloud import Cloud
-from server_app.contribution import Contribution, check_contribution
+from server_app.contribution import Contribution
 from server_app.ledger import Ledger
 from server_app.privacy import CentralDp
+from server_app.replies import RoundWork, check_reply
 from server_app.round_result import RoundResult
 from server_app.sampling import sample_devices
-
-
-@dataclass
-class _RoundWork:
-    """What one round holds between its hooks (dropped when the next round starts)."""
-
-    result: RoundResult
-    started: float
-    reference: State = field(default_factory=dict)  # numpy view of this round's arrays
-    token: str = ""  # the round's token; a train reply must echo it
-    sent: list[Message] = field(default_factory=list)  # this round's train instructions
-
-    def sender(self, reply: Message) -> int:
-        """The node a reply answers for: the SuperLink (node 1) sends a dead node's error."""
-        for msg in self.sent:
-            if (
-                msg.metadata.message_id
-                and msg.metadata.message_id == reply.metadata.reply_to_message_id
-            ):
-                return msg.metadata.dst_node_id
-        return reply.metadata.src_node_id
 
 
 class MlEcsStrategy(FedAvg):
@@ -94,7 +67,7 @@ class MlEcsStrategy(FedAvg):
             anchors=np.zeros((0, settings.model.fused_dim), np.float32)
         )
         self._node_partition: dict[int, int] = {}
-        self._round: _RoundWork | None = None
+        self._round: RoundWork | None = None
         self._offset = 0  # rounds completed before this start() (a resumed run)
         self._dp: CentralDp | None = None  # central DP, built at the first private release
 
@@ -129,7 +102,7 @@ class MlEcsStrategy(FedAvg):
         """Sample devices; send the global state (packed once) and each device's anchors."""
         n = self.round_number(server_round)
         token = f"{n}-{secrets.token_hex(8)}"
-        work = _RoundWork(RoundResult(n), time.time(), as_float32(from_record(arrays)), token)
+        work = RoundWork(RoundResult(n), time.time(), as_float32(from_record(arrays)), token)
         self._round = work
         self.ledger.reset()
         config[SERVER_ROUND] = n
@@ -141,6 +114,7 @@ class MlEcsStrategy(FedAvg):
         dtype = self.settings.transport.dtype
         packed = pack_global(work.reference, dtype)
         protos = self._prototypes()
+        self._fill_anchors()
         for node in nodes:
             content = instruction(packed, config, self._anchors_for(node), dtype, protos)
             work.sent.append(Message(content, message_type=MessageType.TRAIN, dst_node_id=node))
@@ -158,6 +132,17 @@ class MlEcsStrategy(FedAvg):
             return None
         return self.cloud.prototypes()
 
+    def _fill_anchors(self) -> None:
+        """Under SE-CCL, start the anchor table from the cloud's ``z^s`` if it is empty.
+
+        The table is empty only before the first round of a fresh run; after
+        each round :meth:`_update_anchors` refreshes it, and a resumed run
+        restores it from the checkpoint.
+        """
+        snap = self._snapshot
+        if self.settings.components.seccl and not len(snap.anchor_ids):
+            snap.anchor_ids, snap.anchors = self.cloud.representations()
+
     def _anchors_for(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Anchors for ``node``: its public ids' rows of the anchor table, or all of them.
 
@@ -168,128 +153,161 @@ class MlEcsStrategy(FedAvg):
         snap, comps = self._snapshot, self.settings.components
         if not (comps.seccl or comps.rep_exchange):
             return None
-        if not len(snap.anchor_ids):
-            if not comps.seccl:
-                return None  # CreamFL before the first consensus
-            snap.anchor_ids, snap.anchors = self.cloud.representations()
-        ids = snap.public_ids.get(self._node_partition.get(node, -1))
-        if ids is None:
-            return snap.anchor_ids, snap.anchors
-        row = {int(i): r for r, i in enumerate(snap.anchor_ids)}
-        ids = np.array([i for i in ids if int(i) in row], np.int64)
-        return ids, snap.anchors[[row[int(i)] for i in ids]]
+        if not comps.seccl and not len(snap.anchor_ids):
+            return None  # CreamFL before the first consensus
+        return snap.share_anchors(self._node_partition.get(node, -1))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate, aggregate (MMA or FedAvg), then run the cloud step."""
+        """Check the replies, aggregate the accepted ones, then run the cloud step.
+
+        The steps, in order: accept the replies that pass every check (the
+        round's result records the others), skip aggregation below
+        ``strategy.min-nodes``, aggregate the shared deltas (MMA, FedAvg or
+        central DP), form the devices' representation consensus, train the
+        cloud toward it, and refresh the anchors for the next round.
+        """
         work = self._round
         assert work is not None, "aggregate_train before configure_train"
-        n, result, reference = self.round_number(server_round), work.result, work.reference
-        s, comps = self.settings, self.settings.components
+        n = self.round_number(server_round)
+        accepted = self._accept(work, list(replies), n)
+        accepted = self._enough(accepted, n)
+        new_state = self._aggregate(accepted, work.reference, n)
+        cons_ids, cons = self._consensus(accepted, n)
+        new_state = self._cloud_step(new_state, cons_ids, cons, n)
+        self._update_anchors(cons_ids, cons)
+        metrics = MetricRecord({"accepted": len(accepted), "rejected": len(work.result.rejected)})
+        return (to_record(new_state) if new_state else ArrayRecord()), metrics
+
+    def _accept(self, work: RoundWork, replies: list[Message], n: int) -> list[Contribution]:
+        """The contributions of the replies that pass every check, in partition order.
+
+        Each reply is checked by :func:`~server_app.replies.check_reply`. Fills the
+        round's result: why each rejected reply was rejected, the nodes that did
+        not answer, and each accepted device's training report and scores.
+        """
+        result = work.result
         accepted: list[Contribution] = []
-        replies = list(replies)
         for reply in replies:
             node = work.sender(reply)
-            if reply.has_error():
-                result.rejected[node] = f"error reply: {reply.error.reason[:200]}"
-                continue
-            self.ledger.add_up(node, reply.content)
-            try:
-                update = read_train_reply(reply.content)
-            except PayloadError as err:
-                result.rejected[node] = str(err)
-                continue
-            if update.round_token != work.token:
-                result.rejected[node] = (
-                    f"reply belongs to another round or run (token {update.round_token!r})"
-                )
-                continue
-            contrib = Contribution.from_update(node, update)
-            problems = check_contribution(
-                contrib,
-                reference,
+            if not reply.has_error():
+                self.ledger.add_up(node, reply.content)
+            checked = check_reply(
+                work,
+                reply,
+                self.settings,
                 self.all_modalities,
-                s.model.fused_dim,
                 self.cloud.public_ids,
-                s.mma.max_update_bytes,
+                self._snapshot.public_ids,
             )
-            known = self._snapshot.public_ids.get(update.partition_id)
-            if (
-                known is not None
-                and len(contrib.rep_ids)
-                and not np.array_equal(np.sort(contrib.rep_ids), np.sort(known))
-            ):
-                problems.append("representations for public ids outside the device's share")
-            if problems:
-                result.rejected[node] = "; ".join(problems)
+            if isinstance(checked, str):
+                result.rejected[node] = checked
                 continue
+            contrib, update = checked
             accepted.append(contrib)
-            result.training[node] = dict(update.metrics)
-            if update.evaluation:
-                result.clients[node] = {**update.evaluation, "partition_id": update.partition_id}
-            if len(contrib.rep_ids):
-                self._snapshot.public_ids[update.partition_id] = contrib.rep_ids
-            self._node_partition[node] = update.partition_id
+            self._record_device(result, node, contrib, update)
         # Replies arrive in any order; aggregate in partition order, so that a run's
         # floating-point sums (and so its results) do not depend on arrival order.
         accepted.sort(key=lambda c: (self._node_partition.get(c.node_id, -1), c.node_id))
+        self._report_absent(work, replies, n)
+        result.accepted = len(accepted)
+        return accepted
+
+    def _record_device(
+        self, result: RoundResult, node: int, contrib: Contribution, update: DeviceUpdate
+    ) -> None:
+        """Keep an accepted device's report and scores, its public ids and its partition."""
+        result.training[node] = dict(update.metrics)
+        if update.evaluation:
+            result.clients[node] = {**update.evaluation, "partition_id": update.partition_id}
+        if len(contrib.rep_ids):
+            self._snapshot.public_ids[update.partition_id] = contrib.rep_ids
+        self._node_partition[node] = update.partition_id
+
+    def _report_absent(self, work: RoundWork, replies: list[Message], n: int) -> None:
+        """Log the rejected replies; record and log the nodes that did not answer."""
+        result = work.result
         for node, why in result.rejected.items():
             log(WARNING, "round %s: rejected update of node %s: %s", n, node, why)
-        answered = {work.sender(r) for r in replies}
-        result.missing = sorted({m.metadata.dst_node_id for m in work.sent} - answered)
-        if result.missing:
-            log(
-                WARNING,
-                "round %s: no reply from nodes %s within the round timeout",
-                n,
-                result.missing,
-            )
-        result.accepted = len(accepted)
-        new_state = reference
-        if len(accepted) < s.strategy.min_nodes:
-            log(
-                WARNING,
-                "round %s: aggregation skipped: %d updates accepted (strategy.min-nodes = %d)",
-                n,
-                len(accepted),
-                s.strategy.min_nodes,
-            )
-            accepted = []
-        if comps.federated and accepted:
-            if s.dp.noise_multiplier > 0:
-                delta, result.privacy = self._private_aggregate(accepted, n)
-                final = np.full(len(accepted), 1 / len(accepted))
-            else:
-                delta, final = self._mma(accepted, n)
-            new_state = {
-                k: (v + delta[k]).astype(np.float32) if k in delta else v
-                for k, v in reference.items()
-            }
-            result.weights = {str(c.node_id): round(float(w), 4) for c, w in zip(accepted, final)}
-        # Cloud step: SE-CCL toward the edge consensus, then new anchors.
-        cons_ids, cons = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-        if s.exchange_representations and accepted:
-            weights = mma_weights(accepted, len(self.all_modalities), s.mma.beta, s.mma.clip_factor)
-            snap = self._snapshot
-            reps, mult, notes = bound_representations(
-                accepted, snap.anchor_ids, snap.anchors, s.mma.clip_factor, s.mma.disagreement
-            )
-            for node, note in notes.items():
-                log(INFO, "round %s: node %s: %s", n, node, note)
-            cons_ids, cons = aggregate_representations(accepted, weights * mult, reps)
+        missing = result.missing = work.missing(replies)
+        if missing:
+            log(WARNING, "round %s: no reply from nodes %s within the round timeout", n, missing)
+
+    def _enough(self, accepted: list[Contribution], n: int) -> list[Contribution]:
+        """``accepted``, or none when fewer than ``strategy.min-nodes`` (no aggregation)."""
+        min_nodes = self.settings.strategy.min_nodes
+        if len(accepted) >= min_nodes:
+            return accepted
+        log(
+            WARNING,
+            "round %s: aggregation skipped: %d updates accepted (strategy.min-nodes = %d)",
+            n,
+            len(accepted),
+            min_nodes,
+        )
+        return []
+
+    def _aggregate(self, accepted: list[Contribution], reference: State, n: int) -> State:
+        """The next global state: ``reference`` plus the aggregate of the accepted deltas.
+
+        MMA (FedAvg for methods without it), or equal weights with central DP;
+        the final weights go to the round's result. ``reference`` itself when the
+        method does not federate or nothing was accepted.
+        """
+        s, result = self.settings, self._round.result
+        if not (s.components.federated and accepted):
+            return reference
+        if s.dp.noise_multiplier > 0:
+            delta, result.privacy = self._private_aggregate(accepted, n)
+            final = np.full(len(accepted), 1 / len(accepted))
+        else:
+            delta, final = self._mma(accepted, n)
+        result.weights = {str(c.node_id): round(float(w), 4) for c, w in zip(accepted, final)}
+        return {
+            k: (v + delta[k]).astype(np.float32) if k in delta else v for k, v in reference.items()
+        }
+
+    def _consensus(self, accepted: list[Contribution], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The devices' consensus ``z^c`` per public id: bounded rows, MMA-weighted.
+
+        Empty when the method exchanges no representations or nothing was accepted.
+        """
+        s = self.settings
+        if not (s.exchange_representations and accepted):
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        # Known difference, kept so that results do not change: these weights are
+        # MMA's (``mma.beta``, count cap) even for a method without MMA, whose
+        # shared deltas :meth:`_mma` averages with FedAvg weights; they are
+        # computed here a second time, apart from :meth:`_mma`'s.
+        snap = self._snapshot
+        ids, cons, notes = representation_consensus(
+            accepted, len(self.all_modalities), s.mma, snap.anchor_ids, snap.anchors
+        )
+        for node, note in notes.items():
+            log(INFO, "round %s: node %s: %s", n, node, note)
+        return ids, cons
+
+    def _cloud_step(
+        self, new_state: State, cons_ids: np.ndarray, cons: np.ndarray, n: int
+    ) -> State:
+        """Train the cloud toward the consensus; the next global state (FedCoLLM: distilled)."""
+        result = self._round.result
         self.cloud.load_global(new_state)
         result.cloud = self.cloud.step(cons_ids, cons, n)
-        if comps.distill and new_state:
-            distilled, info = self.cloud.distill(n)
-            new_state = {k: distilled[k] for k in new_state}
-            result.cloud.update(info)
+        if not (self.settings.components.distill and new_state):
+            return new_state
+        distilled, info = self.cloud.distill(n)
+        result.cloud.update(info)
+        return {k: distilled[k] for k in new_state}
+
+    def _update_anchors(self, cons_ids: np.ndarray, cons: np.ndarray) -> None:
+        """Next round's anchor table: the cloud's ``z^s`` (SE-CCL) or the consensus (CreamFL)."""
+        snap, comps = self._snapshot, self.settings.components
         if comps.seccl:
-            self._snapshot.anchor_ids, self._snapshot.anchors = self.cloud.representations()
+            snap.anchor_ids, snap.anchors = self.cloud.representations()
         elif comps.rep_exchange and len(cons_ids):
-            self._snapshot.anchor_ids, self._snapshot.anchors = cons_ids, cons
-        metrics = MetricRecord({"accepted": len(accepted), "rejected": len(result.rejected)})
-        return (to_record(new_state) if new_state else ArrayRecord()), metrics
+            snap.anchor_ids, snap.anchors = cons_ids, cons
 
     def _mma(self, accepted: list[Contribution], n: int) -> tuple[State, np.ndarray]:
         """MMA (or, for methods without it, FedAvg) of the shared deltas; clipped ones logged."""
@@ -314,13 +332,8 @@ class MlEcsStrategy(FedAvg):
         delta, info = self._dp.aggregate([c.delta for c in accepted], rng)
         self._snapshot.dp_releases = list(self._dp.releases)
         if "dp_epsilon" in info:
-            log(
-                INFO,
-                "round %s: privacy spent epsilon %.3f at delta %g",
-                n,
-                info["dp_epsilon"],
-                s.dp.delta,
-            )
+            eps = info["dp_epsilon"]
+            log(INFO, "round %s: privacy spent epsilon %.3f at delta %g", n, eps, s.dp.delta)
         return delta, info
 
     # --------------------------------------------------------------- evaluate
@@ -336,20 +349,14 @@ class MlEcsStrategy(FedAvg):
         every = self.settings.strategy.evaluate_every
         if every == 0 or n % every:
             return []
-        st = self.settings.strategy
+        s, st = self.settings, self.settings.strategy
         nodes = sample_devices(
-            grid,
-            st.fraction_evaluate,
-            st.min_nodes,
-            st.round_timeout,
-            n,
-            "evaluation",
-            seed=self.settings.seed,
+            grid, st.fraction_evaluate, st.min_nodes, st.round_timeout, n, "evaluation", seed=s.seed
         )
         if not nodes:
             return []
         config[SERVER_ROUND] = n
-        packed: PackedState = pack_global(from_record(arrays), self.settings.transport.dtype)
+        packed: PackedState = pack_global(from_record(arrays), s.transport.dtype)
         messages = []
         for node in nodes:
             content = instruction(packed, config)
