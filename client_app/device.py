@@ -122,9 +122,36 @@ class Device:
     # ---------------------------------------------------------------- training
     def train(self, payload: GlobalPayload, server_round: int) -> DeviceUpdate:
         """Run this round's local training and build the update."""
-        s, comps, m = self.settings, self.settings.components, self.model
+        s, comps = self.settings, self.settings.components
         start = self.shared_state()
         rng = np.random.default_rng([s.seed, self.ident.partition_id, server_round])
+        terms = self._loss_terms(payload, rng)
+        shared_steps, private_steps = (
+            s.amt.split(s.train.steps) if comps.amt else (s.train.steps, 0)
+        )
+        report = self._stage(self.held, self.shared_params, shared_steps, rng, terms)
+        metrics = report.flat("shared" if comps.amt else "train")
+        # What is uploaded is the state after the shared stage: the adapters' delta
+        # and the fused representations of the device's public share.
+        uploaded = self.shared_state()
+        rep_ids, reps = self._public_representations()
+        if comps.amt:
+            metrics.update(self._private_stage(private_steps, rng, terms))
+        return DeviceUpdate(
+            delta=subtract(uploaded, start) if comps.federated else {},
+            rep_ids=rep_ids,
+            reps=reps,
+            num_examples=len(self.held),
+            modalities=self.data.modalities,
+            modality_counts=_held_counts(self.held, self.data.modalities),
+            metrics=metrics,
+            partition_id=self.ident.partition_id,
+            round_token=payload.round_token,
+        )
+
+    def _loss_terms(self, payload: GlobalPayload, rng: np.random.Generator) -> dict[str, ExtraLoss]:
+        """The extra loss terms of this round's training, by name (CCL, SE-CCL, ...)."""
+        s, comps, m = self.settings, self.settings.components, self.model
         terms: dict[str, ExtraLoss] = {}
         if comps.ccl:
             terms["ccl"] = ccl_term(s.ccl)
@@ -149,39 +176,31 @@ class Device:
                 terms["proto"] = term
         if comps.prox:
             terms["prox"] = proximal_term(self.shared_params, s.fedprox.mu)
-        shared_steps, private_steps = (
-            s.amt.split(s.train.steps) if comps.amt else (s.train.steps, 0)
-        )
-        report = self._stage(self.held, self.shared_params, shared_steps, rng, terms)
-        metrics = report.flat("shared" if comps.amt else "train")
-        # What is uploaded is the state after the shared stage: the adapters' delta
-        # and the fused representations of the device's public share.
-        uploaded = self.shared_state()
+        return terms
+
+    def _public_representations(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fused ``z^c`` of the device's public share, when the method exchanges them."""
+        s = self.settings
         if s.exchange_representations:
-            rep_ids, reps = fused_representations(m, self.data.public)
-        else:
-            rep_ids, reps = np.zeros(0, np.int64), np.zeros((0, s.model.fused_dim), np.float32)
-        if comps.amt:
-            # Private stage on the private data: the device's own copy of the shared
-            # adapters goes on learning, or (gate) its private adapter and the gate.
-            if not s.ccl.private_stage:
-                terms.pop("ccl", None)
-            own = self.private_params or self.shared_params
-            report = self._stage(self.data.train, own, private_steps, rng, terms)
-            metrics.update(report.flat("private"))
-            if m.gate is not None:
-                metrics.update({f"gate_{a}": v for a, v in m.gate.values().items()})
-        return DeviceUpdate(
-            delta=subtract(uploaded, start) if comps.federated else {},
-            rep_ids=rep_ids,
-            reps=reps,
-            num_examples=len(self.held),
-            modalities=self.data.modalities,
-            modality_counts=_held_counts(self.held, self.data.modalities),
-            metrics=metrics,
-            partition_id=self.ident.partition_id,
-            round_token=payload.round_token,
-        )
+            return fused_representations(self.model, self.data.public)
+        return np.zeros(0, np.int64), np.zeros((0, s.model.fused_dim), np.float32)
+
+    def _private_stage(
+        self, steps: int, rng: np.random.Generator, terms: dict[str, ExtraLoss]
+    ) -> dict[str, float]:
+        """AMT's private stage on the private data; its report (and the gate's values).
+
+        The device's own copy of the shared adapters goes on learning, or (gate)
+        its private adapter and the gate.
+        """
+        s, m = self.settings, self.model
+        if not s.ccl.private_stage:
+            terms.pop("ccl", None)
+        own = self.private_params or self.shared_params
+        metrics = self._stage(self.data.train, own, steps, rng, terms).flat("private")
+        if m.gate is not None:
+            metrics.update({f"gate_{a}": v for a, v in m.gate.values().items()})
+        return metrics
 
     def _stage(
         self,

@@ -103,10 +103,9 @@ def device_representations(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Fused ``z`` of the first ``samples`` private test samples of one device.
 
-    Builds the device's data (``build_client_data``) and model (``edge_model``)
-    exactly as its ClientApp does, restores its saved local state (encoders,
-    connector, personal adapters) when ``state_file`` is given, and runs the
-    encoders and connector locally.
+    Builds the device's data and model exactly as its ClientApp does, restores
+    its saved local state (encoders, connector, personal adapters) when
+    ``state_file`` is given, and runs the encoders and connector locally.
 
     Parameters
     ----------
@@ -163,6 +162,27 @@ def _settings(config: Path, overrides: dict[str, object]) -> RunSettings:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line; returns the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.z_file is not None:
+        z, targets = np.atleast_2d(np.load(args.z_file).astype(np.float32)), []
+    else:
+        if args.config is None:
+            parser.error("--from-device needs --config")
+        z, targets = _from_device(args)
+    times = _ask(args, z, targets)
+    if times is None:
+        return 1
+    stats = percentiles(times)
+    print(
+        f"{len(times)} requests: p50 {stats['p50']:.1f} ms, p95 {stats['p95']:.1f} ms, "
+        f"mean {stats['mean']:.1f} ms"
+    )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line's arguments."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", required=True, help="host:port of the inference server")
     src = p.add_mutually_exclusive_group(required=True)
@@ -189,36 +209,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-name", help="certificate name to expect, if not the target host")
     p.add_argument("--repeat", type=int, default=1, help="requests to send, for latency")
     p.add_argument("--timeout", type=float, default=30.0)
-    args = p.parse_args(argv)
+    return p
 
-    targets: list[str] = []
-    if args.z_file is not None:
-        z = np.atleast_2d(np.load(args.z_file).astype(np.float32))
-    else:
-        if args.config is None:
-            p.error("--from-device needs --config")
-        overrides = {"cache-dir": args.cache_dir} if args.cache_dir else {}
-        settings = _settings(args.config, overrides)
-        if settings.method not in SECCL_METHODS:
-            print(
-                f"warning: method '{settings.method}' does not align edge and cloud z "
-                "(no SE-CCL): expect meaningless text",
-                file=sys.stderr,
-            )
-        if args.device_state is None:
-            print(
-                "warning: no --device-state: z comes from an untrained edge model", file=sys.stderr
-            )
-        mods = tuple(args.modalities.split(",")) if args.modalities else None
-        _, z, targets = device_representations(
-            settings,
-            args.from_device,
-            args.num_partitions,
-            modalities=mods,
-            state_file=args.device_state,
-            samples=args.samples,
+
+def _from_device(args: argparse.Namespace) -> tuple[np.ndarray, list[str]]:
+    """``z`` and reference texts of ``--from-device``'s test samples (warnings on stderr)."""
+    overrides = {"cache-dir": args.cache_dir} if args.cache_dir else {}
+    settings = _settings(args.config, overrides)
+    if settings.method not in SECCL_METHODS:
+        print(
+            f"warning: method '{settings.method}' does not align edge and cloud z "
+            "(no SE-CCL): expect meaningless text",
+            file=sys.stderr,
         )
+    if args.device_state is None:
+        print("warning: no --device-state: z comes from an untrained edge model", file=sys.stderr)
+    mods = tuple(args.modalities.split(",")) if args.modalities else None
+    _, z, targets = device_representations(
+        settings,
+        args.from_device,
+        args.num_partitions,
+        modalities=mods,
+        state_file=args.device_state,
+        samples=args.samples,
+    )
+    return z, targets
 
+
+def _ask(args: argparse.Namespace, z: np.ndarray, targets: list[str]) -> list[float] | None:
+    """Send each row of ``z`` (``--repeat`` requests at least); print the answers.
+
+    Returns each request's seconds, or None (the error printed) when a call fails.
+    """
     root = args.root_cert.read_bytes() if args.root_cert else None
     with CloudClient(args.target, root, args.server_name, args.timeout) as client:
         times: list[float] = []
@@ -238,13 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{row}] {reply.text}{ref}")
         except grpc.RpcError as err:
             print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
-    stats = percentiles(times)
-    print(
-        f"{len(times)} requests: p50 {stats['p50']:.1f} ms, p95 {stats['p95']:.1f} ms, "
-        f"mean {stats['mean']:.1f} ms"
-    )
-    return 0
+            return None
+    return times
 
 
 if __name__ == "__main__":

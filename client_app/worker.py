@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
@@ -150,8 +151,6 @@ def _connect(context) -> Connection:
 
 def serve(sock: Path, key: bytes, parent_pid: int, idle: float) -> None:
     """Answer requests on ``sock`` until the parent is gone or ``idle`` seconds pass."""
-    from flwr.app import Context
-
     from client_app import handlers  # the heavy imports, once
 
     run = {"train": handlers.run_train, "evaluate": handlers.run_evaluate}
@@ -183,24 +182,31 @@ def serve(sock: Path, key: bytes, parent_pid: int, idle: float) -> None:
             log.warning("refused a connection: %r", err)
             continue
         with conn, busy:
-            try:
-                req = conn.recv()
-                if req.get("kind") not in KINDS:
-                    raise ValueError(f"unknown message kind {req.get('kind')!r}")
-                context = Context(
-                    run_id=req["run_id"],
-                    node_id=req["node_id"],
-                    node_config=req["node_config"],
-                    state=req["state"],
-                    run_config=req["run_config"],
-                )
-                reply = run[req["kind"]](req["content"], context)
-                conn.send(("ok", reply, context.state))
-            except (EOFError, OSError):
-                pass  # the ClientApp went away; it handles the message itself
-            except Exception:
-                conn.send(("error", traceback.format_exc(), None))
+            _answer(conn, run)
             last[0] = time.monotonic()
+
+
+def _answer(conn: Connection, run: dict[str, Callable]) -> None:
+    """Answer one request on ``conn``: ``run[kind]``'s reply and state, or the error."""
+    from flwr.app import Context
+
+    try:
+        req = conn.recv()
+        if req.get("kind") not in KINDS:
+            raise ValueError(f"unknown message kind {req.get('kind')!r}")
+        context = Context(
+            run_id=req["run_id"],
+            node_id=req["node_id"],
+            node_config=req["node_config"],
+            state=req["state"],
+            run_config=req["run_config"],
+        )
+        reply = run[req["kind"]](req["content"], context)
+        conn.send(("ok", reply, context.state))
+    except (EOFError, OSError):
+        pass  # the ClientApp went away; it handles the message itself
+    except Exception:
+        conn.send(("error", traceback.format_exc(), None))
 
 
 def _alive(pid: int) -> bool:

@@ -250,6 +250,22 @@ def bound_representations(
     notes : dict of int to str
         Node id -> what was clipped or damped, for the log.
     """
+    reps, bases = _reference_rows(contribs, reference_ids, reference)
+    notes: dict[int, str] = {}
+    if clip_factor > 0:
+        reps, notes = _clip_rows(contribs, reps, bases, clip_factor)
+    mult = np.ones(len(contribs))
+    if disagreement > 0 and len(reference_ids):
+        mult, away = _away_from_cloud(contribs, bases, disagreement)
+        for node, note in away.items():
+            notes[node] = "; ".join(filter(None, [notes.get(node), note]))
+    return [r.astype(np.float32) for r in reps], mult, notes
+
+
+def _reference_rows(
+    contribs: list[Contribution], reference_ids: np.ndarray, reference: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each device's rows (float64) and the cloud's rows for the same ids (zero if none)."""
     row_of = {int(k): j for j, k in enumerate(reference_ids)}
     ref = np.asarray(reference, np.float64)
     reps, bases = [], []
@@ -261,31 +277,49 @@ def bound_representations(
                 base[k] = ref[row_of[int(sid)]]
         reps.append(r)
         bases.append(base)
+    return reps, bases
+
+
+def _clip_rows(
+    contribs: list[Contribution],
+    reps: list[np.ndarray],
+    bases: list[np.ndarray],
+    clip_factor: float,
+) -> tuple[list[np.ndarray], dict[int, str]]:
+    """Rows whose deviation from the cloud's exceeds ``clip_factor`` x the median, clipped."""
     notes: dict[int, str] = {}
     devs = [np.linalg.norm(r - b, axis=1) for r, b in zip(reps, bases) if len(r)]
-    if clip_factor > 0 and devs:
-        limit = clip_factor * float(np.median(np.concatenate(devs)))
-        for i, (r, base) in enumerate(zip(reps, bases)):
-            dev = np.linalg.norm(r - base, axis=1)
-            over = dev > limit
-            if over.any():
-                scale = np.where(over, limit / np.maximum(dev, 1e-12), 1.0)[:, None]
-                reps[i] = base + (r - base) * scale
-                notes[contribs[i].node_id] = f"{int(over.sum())} representation rows clipped"
+    if not devs:
+        return reps, notes
+    reps = list(reps)
+    limit = clip_factor * float(np.median(np.concatenate(devs)))
+    for i, (r, base) in enumerate(zip(reps, bases)):
+        dev = np.linalg.norm(r - base, axis=1)
+        over = dev > limit
+        if over.any():
+            scale = np.where(over, limit / np.maximum(dev, 1e-12), 1.0)[:, None]
+            reps[i] = base + (r - base) * scale
+            notes[contribs[i].node_id] = f"{int(over.sum())} representation rows clipped"
+    return reps, notes
+
+
+def _away_from_cloud(
+    contribs: list[Contribution], bases: list[np.ndarray], disagreement: float
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Per device ``((1 + c) / 2)^d``, ``c`` its rows' mean cosine to the cloud's; notes."""
     mult = np.ones(len(contribs))
-    if disagreement > 0 and len(reference_ids):
-        for i, (c, base) in enumerate(zip(contribs, bases)):
-            known = np.linalg.norm(base, axis=1) > 0
-            if not known.any():
-                continue
-            a, b = np.asarray(c.reps, np.float64)[known], base[known]
-            denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-            cos = float(np.mean(np.sum(a * b, axis=1) / np.maximum(denom, 1e-12)))
-            mult[i] = ((1 + cos) / 2) ** disagreement
-            if cos < 0:
-                note = f"representations point away from the cloud's (cos {cos:.2f})"
-                notes[c.node_id] = "; ".join(filter(None, [notes.get(c.node_id), note]))
-    return [r.astype(np.float32) for r in reps], mult, notes
+    notes: dict[int, str] = {}
+    for i, (c, base) in enumerate(zip(contribs, bases)):
+        known = np.linalg.norm(base, axis=1) > 0
+        if not known.any():
+            continue
+        a, b = np.asarray(c.reps, np.float64)[known], base[known]
+        denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cos = float(np.mean(np.sum(a * b, axis=1) / np.maximum(denom, 1e-12)))
+        mult[i] = ((1 + cos) / 2) ** disagreement
+        if cos < 0:
+            notes[c.node_id] = f"representations point away from the cloud's (cos {cos:.2f})"
+    return mult, notes
 
 
 def aggregate_representations(

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from common.data.samples import SampleSet
 from common.model.adapters import PRIVATE, SHARED, adapter_parameters
-from common.model.multimodal import MultimodalLM
+from common.model.multimodal import Batch, MultimodalLM
 
 DISTILL_WEIGHT = 1.0  # FedCoLLM's lambda: loss = CE(answer) + lambda * KL(teacher || student)
 
@@ -67,9 +67,8 @@ def mutual_distillation(
     """
     shared = [*adapter_parameters(model.lm, SHARED), *model.connector.shared_parameters()]
     own = adapter_parameters(model.lm, PRIVATE)
-    opt_edge = torch.optim.AdamW(shared, lr=lr)
-    opt_cloud = torch.optim.AdamW(own, lr=lr)
-    base = model.lm.base_model
+    edge_side = (shared, torch.optim.AdamW(shared, lr=lr))
+    cloud_side = (own, torch.optim.AdamW(own, lr=lr))
     sums = {"distill_edge_to_cloud": 0.0, "distill_cloud_to_edge": 0.0}
     model.train()
     for p in [*shared, *own]:
@@ -78,30 +77,47 @@ def mutual_distillation(
         for _ in range(steps):
             index = rng.choice(len(data), size=min(batch_size, len(data)), replace=False)
             batch = model.make_batch(data, index)
-            with torch.no_grad():
-                _, z = model.represent(batch)
-            base.set_adapter([SHARED])
-            edge, _ = model.target_logits(batch, z)
-            base.set_adapter([SHARED, PRIVATE])
-            cloud, _ = model.target_logits(batch, z)
-            loss_cloud, to_cloud = _student_loss(cloud, edge, batch.target_ids)
-            loss_edge, to_edge = _student_loss(edge, cloud, batch.target_ids)
-            opt_cloud.zero_grad(set_to_none=True)
-            opt_edge.zero_grad(set_to_none=True)
-            # Each student learns only from its own loss (the teacher's side is detached).
-            grads = torch.autograd.grad(loss_cloud, own, retain_graph=True, allow_unused=True)
-            for p, g in zip(own, grads):
-                p.grad = g
-            grads = torch.autograd.grad(loss_edge, shared, allow_unused=True)
-            for p, g in zip(shared, grads):
-                p.grad = g
-            opt_cloud.step()
-            opt_edge.step()
-            sums["distill_edge_to_cloud"] += float(to_cloud.detach()) / steps
-            sums["distill_cloud_to_edge"] += float(to_edge.detach()) / steps
+            to_cloud, to_edge = _distill_step(model, batch, edge_side, cloud_side)
+            sums["distill_edge_to_cloud"] += to_cloud / steps
+            sums["distill_cloud_to_edge"] += to_edge / steps
     finally:
-        base.set_adapter([SHARED, PRIVATE])
+        model.lm.base_model.set_adapter([SHARED, PRIVATE])
         for p in model.parameters():
             p.requires_grad_(False)
         model.eval()
     return sums
+
+
+def _distill_step(
+    model: MultimodalLM,
+    batch: Batch,
+    edge_side: tuple[list[torch.nn.Parameter], torch.optim.Optimizer],
+    cloud_side: tuple[list[torch.nn.Parameter], torch.optim.Optimizer],
+) -> tuple[float, float]:
+    """One step of both students on ``batch``; the KL terms edge -> cloud, cloud -> edge.
+
+    Each side is its parameters and their optimiser: the edge side the shared
+    adapters, the cloud side the cloud's own LoRA.
+    """
+    (shared, opt_edge), (own, opt_cloud) = edge_side, cloud_side
+    base = model.lm.base_model
+    with torch.no_grad():
+        _, z = model.represent(batch)
+    base.set_adapter([SHARED])
+    edge, _ = model.target_logits(batch, z)
+    base.set_adapter([SHARED, PRIVATE])
+    cloud, _ = model.target_logits(batch, z)
+    loss_cloud, to_cloud = _student_loss(cloud, edge, batch.target_ids)
+    loss_edge, to_edge = _student_loss(edge, cloud, batch.target_ids)
+    opt_cloud.zero_grad(set_to_none=True)
+    opt_edge.zero_grad(set_to_none=True)
+    # Each student learns only from its own loss (the teacher's side is detached).
+    grads = torch.autograd.grad(loss_cloud, own, retain_graph=True, allow_unused=True)
+    for p, g in zip(own, grads):
+        p.grad = g
+    grads = torch.autograd.grad(loss_edge, shared, allow_unused=True)
+    for p, g in zip(shared, grads):
+        p.grad = g
+    opt_cloud.step()
+    opt_edge.step()
+    return float(to_cloud.detach()), float(to_edge.detach())

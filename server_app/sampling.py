@@ -46,7 +46,24 @@ def sample_devices(
     list of int
         Sampled node ids, sorted.
     """
-    deadline = time.monotonic() + timeout
+    nodes = _wait_for(grid, min_nodes, time.monotonic() + timeout, server_round)
+    if len(nodes) < min_nodes:
+        log(
+            WARNING,
+            "round %s: %s skipped: %d nodes connected after %.0f s (strategy.min-nodes = %d)",
+            server_round,
+            what,
+            len(nodes),
+            timeout,
+            min_nodes,
+        )
+        return []
+    size = min(len(nodes), max(int(len(nodes) * fraction), min_nodes))
+    return sorted(random.Random(f"{seed}:{server_round}:{what}").sample(nodes, size))
+
+
+def _wait_for(grid: Grid, min_nodes: int, deadline: float, server_round: int) -> list[int]:
+    """The connected node ids, sorted, once ``min_nodes`` are connected or at ``deadline``."""
     nodes = sorted(grid.get_node_ids())
     waited = False
     while len(nodes) < min_nodes and time.monotonic() < deadline:
@@ -61,16 +78,4 @@ def sample_devices(
             waited = True
         time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         nodes = sorted(grid.get_node_ids())
-    if len(nodes) < min_nodes:
-        log(
-            WARNING,
-            "round %s: %s skipped: %d nodes connected after %.0f s (strategy.min-nodes = %d)",
-            server_round,
-            what,
-            len(nodes),
-            timeout,
-            min_nodes,
-        )
-        return []
-    size = min(len(nodes), max(int(len(nodes) * fraction), min_nodes))
-    return sorted(random.Random(f"{seed}:{server_round}:{what}").sample(nodes, size))
+    return nodes

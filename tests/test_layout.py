@@ -6,7 +6,9 @@
   may import both);
 * generated ``*_pb2`` modules are imported only inside ``proto/``;
 * no import cycles between the project's modules (imports inside functions count);
-* no module over 400 lines (generated code aside).
+* no module over 400 lines (generated code aside);
+* no function of ``server_app/`` or ``client_app/`` over 50 lines, counted from
+  its ``def`` to its last line (the apps read as short named steps).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("common", "proto", "server_app", "client_app", "experiments")
 GENERATED = ("proto/mlecs/",)
 MAX_LINES = 400
+MAX_FUNCTION_LINES = 50
+SHORT_FUNCTIONS = ("server_app", "client_app")  # packages whose functions stay short
 # package -> top-level names it must not import
 FORBIDDEN = {
     "common": ("flwr", "proto", "server_app", "client_app", "experiments"),
@@ -85,6 +89,21 @@ def check_layout(root: Path) -> list[str]:
     return problems
 
 
+def long_functions(root: Path) -> list[str]:
+    """Every function of the apps' packages longer than ``MAX_FUNCTION_LINES``."""
+    problems = []
+    for package in SHORT_FUNCTIONS:
+        for path in sorted((root / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        rel = path.relative_to(root).as_posix()
+                        problems.append(f"{rel}:{node.lineno} {node.name} has {lines} lines")
+    return problems
+
+
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan)."""
     index: dict[str, int] = {}
@@ -122,6 +141,26 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_project_keeps_its_layout_rules():
     assert check_layout(ROOT) == []
+
+
+def test_no_function_of_the_apps_is_over_fifty_lines():
+    assert long_functions(ROOT) == []
+
+
+def test_the_function_length_check_counts_from_def_to_the_last_line(tmp_path: Path):
+    # Prepare: one function at the limit, one a line over it, in each app package
+    at_limit = "def ok():\n" + "    x = 1\n" * (MAX_FUNCTION_LINES - 1)
+    over = "class A:\n    def long(self):\n" + "        x = 1\n" * MAX_FUNCTION_LINES
+    for package in SHORT_FUNCTIONS:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "m.py").write_text(at_limit + over)
+    # Execute
+    problems = long_functions(tmp_path)
+    # Assert: only the method over the limit, in both packages, with its length
+    assert problems == [
+        f"{p}/m.py:{MAX_FUNCTION_LINES + 2} long has {MAX_FUNCTION_LINES + 1} lines"
+        for p in SHORT_FUNCTIONS
+    ]
 
 
 def test_the_checker_finds_each_kind_of_violation(tmp_path: Path):
