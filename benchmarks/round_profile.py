@@ -36,8 +36,8 @@ PARTS = {
     "build_restore": [
         "client_app.handlers._device",
         "client_app.device.Device.restore",
-        "client_app.handlers.load_local_state",
-        "client_app.handlers.save_local_state",
+        "client_app.handlers.read_device_state",
+        "client_app.handlers.write_device_state",
     ],
     "train_compute": ["client_app.device.Device.train"],
     "eval_compute": ["client_app.device.Device.evaluate", "server_app.cloud.Cloud.evaluate"],

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from flwr.app import Context, RecordDict
 
 from client_app.device import Device, DeviceIdentity
-from client_app.local_state import load_local_state, save_local_state
+from client_app.local_state import read_device_state, write_device_state
 from common.exchange import GlobalPayload
 from common.reproducibility import pin
 from common.settings import RunSettings
@@ -30,7 +30,7 @@ def run_train(content: RecordDict, context: Context) -> RecordDict:
     device, payload = _open_device(content, context)
     # Train, keep the private state, score the personal model, reply with the update
     update = device.train(payload, payload.server_round)
-    save_local_state(context, device.settings, device.ident.partition_id, device.local_state())
+    write_device_state(context, device.settings, device.ident.partition_id, device.local_state())
     update.evaluation = device.evaluate()
     return train_reply(update, device.settings.transport.dtype)
 
@@ -49,7 +49,7 @@ def _open_device(content: RecordDict, context: Context) -> tuple[Device, GlobalP
     # Validate everything received against its manifest before touching the model.
     payload = read_instruction(content)
     ident = identity_from_node_config(context.node_config)
-    local = load_local_state(context, settings, ident.partition_id, payload.server_round)
+    local = read_device_state(context, settings, ident.partition_id, payload.server_round)
     device = _device(settings, ident, reuse=local is not None)
     device.restore(local, payload)
     return device, payload

@@ -44,7 +44,7 @@ def state_file(context: Context, settings: RunSettings, partition_id: int) -> Pa
     return Path(str(state_dir)).expanduser() / name / f"partition-{partition_id}.npz"
 
 
-def load_local_state(
+def read_device_state(
     context: Context, settings: RunSettings, partition_id: int, server_round: int
 ) -> State | None:
     """The device's saved state, or None on its first round.
@@ -67,10 +67,14 @@ def load_local_state(
         ) from None
 
 
-def save_local_state(
+def write_device_state(
     context: Context, settings: RunSettings, partition_id: int, state: State
 ) -> None:
-    """Keep ``state`` in ``context.state`` and in the device's state file (if any)."""
+    """Keep ``state`` in ``context.state`` and in the device's state file (if any).
+
+    :func:`read_device_state` reads it back; loading it into a model is
+    :func:`common.model.state.load_local_state`'s job.
+    """
     context.state[KEY] = to_record(state)
     path = state_file(context, settings, partition_id)
     if path is not None:

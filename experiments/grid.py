@@ -40,8 +40,8 @@ class GridError(ValueError):
 
 
 @dataclass
-class Grid:
-    """The axes of a sweep."""
+class SweepGrid:
+    """The axes of a sweep (not Flower's ``Grid``, which reaches the nodes of a run)."""
 
     methods: list[str]
     seeds: list[int]
@@ -61,7 +61,7 @@ class Cell:
     config: dict
 
 
-def read_grid(path: Path, base: dict[str, Any] | None = None) -> Grid:
+def read_grid(path: Path, base: dict[str, Any] | None = None) -> SweepGrid:
     """Read a grid file.
 
     Raises
@@ -85,7 +85,7 @@ def read_grid(path: Path, base: dict[str, Any] | None = None) -> Grid:
     unknown = sorted(set(table) - known) + sorted(set(raw) - {"grid"})
     if unknown:
         raise GridError(f"grid file {path}: unknown entries {unknown} (known: {sorted(known)})")
-    grid = Grid(
+    grid = SweepGrid(
         methods=_axis(table, "methods", path),
         seeds=_axis(table, "seeds", path),
         base={**(base or {}), **flat_toml(table.get("base", {}))},
@@ -134,7 +134,7 @@ def finished_runs(folder: Path, method: str) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
-def cells(grid: Grid, out: Path) -> list[Cell]:
+def cells(grid: SweepGrid, out: Path) -> list[Cell]:
     """Every cell of ``grid``; run folders under ``out/runs``.
 
     A sweep given by flags (one dataset, no named settings) keeps the folders

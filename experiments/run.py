@@ -38,7 +38,7 @@ from common.methods import METHODS, Components
 from common.run_config import flatten, parse_overrides, read_toml_config
 from common.settings import ConfigError, RunSettings
 from experiments.exclusive import SweepBusy, die_with_parent, exclusive
-from experiments.grid import CENTRALIZED, Cell, Grid, GridError, cells, check, read_grid
+from experiments.grid import CENTRALIZED, Cell, GridError, SweepGrid, cells, check, read_grid
 from experiments.report import write_outputs
 
 
@@ -301,20 +301,22 @@ def main(argv: list[str] | None = None) -> None:
     base.update(parse_overrides(args.set))
     try:
         if args.grid:
-            grid = read_grid(args.grid, base)
+            sweep_grid = read_grid(args.grid, base)
         else:
             methods = [m for m in args.methods.split(",") if m]
-            grid = Grid(methods=methods, seeds=[int(s) for s in args.seeds.split(",") if s])
-            grid.base = base
+            sweep_grid = SweepGrid(
+                methods=methods, seeds=[int(s) for s in args.seeds.split(",") if s]
+            )
+            sweep_grid.base = base
         if args.num_nodes:
-            grid.num_nodes = args.num_nodes
-        grid_cells = cells(grid, out)
+            sweep_grid.num_nodes = args.num_nodes
+        grid_cells = cells(sweep_grid, out)
         check(grid_cells, resolved)  # fail before any run on a bad entry
     except (GridError, ConfigError) as err:
         raise SystemExit(f"error: {err}") from None
     try:
         with exclusive(out):
-            summaries = sweep([c.config for c in grid_cells], grid.num_nodes, args.jobs)
+            summaries = sweep([c.config for c in grid_cells], sweep_grid.num_nodes, args.jobs)
             results: dict[str, dict[str, list[dict]]] = {}
             for c, s in zip(grid_cells, summaries):
                 results.setdefault(c.group, {}).setdefault(c.method, []).append(s)

@@ -11,7 +11,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client_app.app import app as client_app
-from client_app.local_state import KEY, DeviceStateError, load_local_state
+from client_app.local_state import KEY, DeviceStateError, read_device_state
 from common.settings import RunSettings
 from proto.records import ARRAYS, REPS, from_record, to_record
 from server_app.run import ServerRun
@@ -116,7 +116,7 @@ def test_private_state_persists_across_messages_and_restarts(grid_factory, tiny_
     )
     grid.send_and_receive(msgs)
     ctx = grid.contexts[101]
-    saved = load_local_state(ctx, settings, 0, server_round=2)
+    saved = read_device_state(ctx, settings, 0, server_round=2)
     # encoders, connector, optimiser moments and (AMT) the personal copy of the adapters
     assert {k.split("/")[0] for k in saved} == {"enc", "conn", "opt", "shared"}
     # the file is keyed by run name and partition
@@ -124,15 +124,15 @@ def test_private_state_persists_across_messages_and_restarts(grid_factory, tiny_
     # A restarted SuperNode has an empty context.state but the same state-dir.
     fresh = Context(1, 101, node_cfg, RecordDict(), config)
     assert KEY not in fresh.state.array_records
-    assert load_local_state(fresh, settings, 0, server_round=1) is None  # a new run starts afresh
-    restored = load_local_state(fresh, settings, 0, server_round=2)
+    assert read_device_state(fresh, settings, 0, server_round=1) is None  # a new run starts afresh
+    restored = read_device_state(fresh, settings, 0, server_round=2)
     assert restored.keys() == saved.keys()
     for k in saved:
         np.testing.assert_array_equal(restored[k], saved[k])
     # a corrupt file is named, never half-loaded
     (tmp_path / "dev" / "state" / "partition-0.npz").write_bytes(b"not an npz")
     with pytest.raises(DeviceStateError, match="partition-0.npz"):
-        load_local_state(fresh, settings, 0, server_round=2)
+        read_device_state(fresh, settings, 0, server_round=2)
 
 
 def test_reply_that_contradicts_its_manifest_is_rejected(grid_factory, tiny_config, caplog):
