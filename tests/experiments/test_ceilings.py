@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from common.data.views import build_client_data
+from common.data.views import build_client_data, task_info
 from common.settings import RunSettings
 from experiments import ceilings
 
@@ -42,12 +42,25 @@ def test_window_features_zero_an_absent_modality(tiny_config: dict):
         np.testing.assert_array_equal(block[:, -1], train.mask[:, j].astype(np.float32))
 
 
-def test_both_ceilings_score_between_0_and_1(tiny_config: dict):
+def test_the_centralized_ceiling_scores_f1_and_rouge(tiny_config: dict):
     settings = RunSettings.from_run_config(tiny_config)
     central = ceilings.centralized(settings, 2)
     assert set(central) == {"f1", "rouge_lsum"} and all(0 <= v <= 1 for v in central.values())
-    assert 0 <= ceilings.forest(settings, 2)["f1"] <= 1
-    assert 0 <= ceilings.forest_own(settings, 2)["f1"] <= 1
+
+
+def test_both_forests_score_1_when_a_window_statistic_gives_the_label(
+    tiny_config: dict, monkeypatch
+):
+    # Prepare: the window "statistics" are the one-hot label, so the forest can be exact
+    settings = RunSettings.from_run_config(tiny_config)
+    classes = len(task_info(settings).class_names)
+    monkeypatch.setattr(ceilings, "window_features", lambda s: np.eye(classes)[s.labels])
+    # Execute / Assert: trained, predicted and scored right, both forests are perfect
+    assert ceilings.forest(settings, 2) == {"f1": 1.0}
+    assert ceilings.forest_own(settings, 2) == {"f1": 1.0}
+    # and a statistic unrelated to the label scores less than that
+    monkeypatch.setattr(ceilings, "window_features", lambda s: np.zeros((len(s), 1)))
+    assert ceilings.forest(settings, 2)["f1"] < 1.0
 
 
 def test_forest_own_trains_each_device_on_its_own_data(tiny_config: dict, monkeypatch):

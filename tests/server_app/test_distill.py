@@ -1,11 +1,16 @@
-"""FedCoLLM's student loss: the answer's cross-entropy plus the KL to the other model."""
+"""FedCoLLM's distillation: the student loss, and what a distillation does to the model."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from server_app.distill import DISTILL_WEIGHT, _student_loss
+from common.model.adapters import PRIVATE, SHARED, adapter_parameters
+from common.model.state import shared_state
+from common.settings import RunSettings
+from server_app.cloud import Cloud
+from server_app.distill import DISTILL_WEIGHT, _kl, _student_loss, mutual_distillation
 
 
 def test_each_student_learns_the_answers_and_the_other_model():
@@ -23,3 +28,38 @@ def test_each_student_learns_the_answers_and_the_other_model():
     noisy = teacher.clone()
     noisy[~mask] = 100.0
     assert torch.isclose(_student_loss(logits, noisy, target)[1], kl)
+
+
+def _edge_cloud_kl(model, batch) -> float:
+    """KL(cloud || edge) of the answer tokens: what the edge student minimises."""
+    model.eval()
+    base = model.lm.base_model
+    with torch.no_grad():
+        _, z = model.represent(batch)
+        base.set_adapter([SHARED])
+        edge, _ = model.target_logits(batch, z)
+        base.set_adapter([SHARED, PRIVATE])
+        cloud, _ = model.target_logits(batch, z)
+    return float(_kl(edge, cloud, batch.target_ids != -100))
+
+
+def test_distillation_changes_the_aggregate_and_brings_edge_and_cloud_together(tiny_config):
+    # Prepare: the cloud's own LoRA disagrees with the aggregated (shared) adapters
+    cloud = Cloud(RunSettings.from_run_config({**tiny_config, "method": "fedcollm"}))
+    model, public = cloud.model, cloud.data.public_train
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in adapter_parameters(model.lm, PRIVATE):
+            p.add_(0.5 * torch.randn_like(p))
+    aggregate = shared_state(model)  # what plain FedAvg would send back
+    batch = model.make_batch(public, np.arange(min(8, len(public))))
+    kl_before = _edge_cloud_kl(model, batch)
+    # Execute
+    info = mutual_distillation(model, public, 10, 8, 0.01, np.random.default_rng(0))
+    # Assert: the distilled state is not FedAvg's, and the student moved toward its teacher
+    distilled = shared_state(model)
+    assert set(distilled) == set(aggregate)
+    assert any(not np.array_equal(distilled[k], aggregate[k]) for k in aggregate)
+    assert kl_before > 0
+    assert _edge_cloud_kl(model, batch) < kl_before
+    assert set(info) == {"distill_edge_to_cloud", "distill_cloud_to_edge"}
