@@ -38,6 +38,8 @@ class RoundResult:
         The communication ledger's summary (bytes per device by kind, ratio).
     privacy : dict of str to float
         Central DP of the shared update: devices clipped, noise std, cumulative epsilon.
+    repeated_notes : int
+        Per-node notes of this round not logged again (logged in an earlier round).
     """
 
     server_round: int
@@ -52,6 +54,7 @@ class RoundResult:
     training: dict[int, dict[str, float]] = field(default_factory=dict)
     comm: dict[str, float] = field(default_factory=dict)
     privacy: dict[str, float] = field(default_factory=dict)
+    repeated_notes: int = 0
 
     def aggregation(self) -> dict[str, object]:
         """The ``aggregation`` block of a round record."""

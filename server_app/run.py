@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from logging import INFO
 from pathlib import Path
 
@@ -74,15 +76,16 @@ class ServerRun:
             # Round 0: the cloud first tunes on its public data (every method alike),
             # so its first SE-CCL anchors are not those of an untrained model.
             log(INFO, "round 0: cloud %s", self.cloud.step(*_NO_CONSENSUS, 0))
-        self.strategy.start(
-            grid=grid,
-            initial_arrays=to_record(self.initial_state),
-            num_rounds=s.num_server_rounds - self.strategy.round_number(0),
-            timeout=s.strategy.round_timeout,
-            train_config=ConfigRecord({}),
-            evaluate_config=ConfigRecord({}),
-            evaluate_fn=self.end_round,
-        )
+        with _without_flowers_result_dump():
+            self.strategy.start(
+                grid=grid,
+                initial_arrays=to_record(self.initial_state),
+                num_rounds=s.num_server_rounds - self.strategy.round_number(0),
+                timeout=s.strategy.round_timeout,
+                train_config=ConfigRecord({}),
+                evaluate_config=ConfigRecord({}),
+                evaluate_fn=self.end_round,
+            )
         return self.finish()
 
     def end_round(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -100,7 +103,10 @@ class ServerRun:
             from_record(arrays), self.cloud.state(), self.strategy.snapshot(), self._config
         )
         save_checkpoint(self.recorder.dir, ckpt)
-        log(INFO, round_line(result.server_round, self.settings.num_server_rounds, record))
+        line = round_line(result.server_round, self.settings.num_server_rounds, record)
+        if result.repeated_notes:
+            line += f" | notes: {result.repeated_notes} repeated"
+        log(INFO, line)
         return MetricRecord({k: float(v) for k, v in server.items()})
 
     def finish(self) -> dict:
@@ -111,3 +117,31 @@ class ServerRun:
             comm = {k: sum(c.get(k, 0.0) for c in self.comm) / len(self.comm) for k in keys}
             comm["edge_model_params"] = self.edge_param_bytes // 4
         return self.recorder.finish({"comm": comm})
+
+
+class _DropAfter(logging.Filter):
+    """Drops every record from the first whose message is ``first`` on."""
+
+    def __init__(self, first: str) -> None:
+        super().__init__()
+        self.first, self.dropping = first, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.dropping = self.dropping or record.getMessage() == self.first
+        return not self.dropping
+
+
+@contextmanager
+def _without_flowers_result_dump():
+    """Leave out the dump of every round's metrics that Flower's ``start()`` logs last.
+
+    It runs to hundreds of lines; the rounds are in ``rounds.jsonl`` and
+    ``summary.json``, and the ServerApp logs a one-line summary instead.
+    """
+    flwr_logger = logging.getLogger("flwr")
+    drop = _DropAfter("Final results:")
+    flwr_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        flwr_logger.removeFilter(drop)

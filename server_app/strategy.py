@@ -30,6 +30,7 @@ from server_app.checkpoint import StrategySnapshot
 from server_app.cloud import Cloud
 from server_app.contribution import Contribution
 from server_app.ledger import Ledger
+from server_app.notes import NodeNotes
 from server_app.privacy import CentralDp
 from server_app.replies import RoundWork, check_reply
 from server_app.round_result import RoundResult
@@ -62,6 +63,7 @@ class MlEcsStrategy(FedAvg):
         self.cloud = cloud
         self.edge_param_bytes = edge_param_bytes
         self.ledger = Ledger()
+        self.notes = NodeNotes()  # per-node notes, each kind logged once per run
         self.all_modalities = tuple(s.name for s in cloud.task.specs)
         self._snapshot = StrategySnapshot(
             anchors=np.zeros((0, settings.model.fused_dim), np.float32)
@@ -92,6 +94,7 @@ class MlEcsStrategy(FedAvg):
             raise RuntimeError("finish_round() called before any round started")
         work.result.seconds = round(time.time() - work.started, 2)
         work.result.comm = self.ledger.summary(self.edge_param_bytes)
+        work.result.repeated_notes = self.notes.repeated
         self._snapshot.server_round = work.result.server_round
         return work.result
 
@@ -105,6 +108,7 @@ class MlEcsStrategy(FedAvg):
         work = RoundWork(RoundResult(n), time.time(), as_float32(from_record(arrays)), token)
         self._round = work
         self.ledger.reset()
+        self.notes.start_round()
         config[SERVER_ROUND] = n
         config[ROUND_TOKEN] = token  # devices echo it: replies from elsewhere are refused
         st = self.settings.strategy
@@ -285,7 +289,7 @@ class MlEcsStrategy(FedAvg):
             accepted, len(self.all_modalities), s.mma, snap.anchor_ids, snap.anchors
         )
         for node, note in notes.items():
-            log(INFO, "round %s: node %s: %s", n, node, note)
+            self.notes.note(n, node, note)
         return ids, cons
 
     def _cloud_step(
@@ -319,7 +323,7 @@ class MlEcsStrategy(FedAvg):
         delta, final, scales = aggregate_shared(accepted, weights, clip, dis)
         for c, scale in zip(accepted, scales):
             if scale < 1:
-                log(INFO, "round %s: update of node %s clipped (x%.3g)", n, c.node_id, scale)
+                self.notes.note(n, c.node_id, f"update clipped (x{scale:.3g})")
         return delta, final
 
     def _private_aggregate(self, accepted: list[Contribution], n: int) -> tuple[State, dict]:

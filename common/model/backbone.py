@@ -23,12 +23,16 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import logging as transformers_logging
 
 from common.atomic import atomic_write
 from common.run_config import ConfigError
 from common.sections import TinyBackboneSettings
 
 logger = logging.getLogger(__name__)
+# Every process that builds a model imports this module: no "Loading weights" or
+# "Writing model shards" progress bars from each of them (hub downloads' bars too).
+transformers_logging.disable_progress_bar()
 
 SPECIALS = ["<|pad|>", "<|bos|>", "<|eos|>"]
 
