@@ -49,9 +49,8 @@ PARTS = {
     "aggregation": [
         "server_app.replies.check_contribution",
         "server_app.strategy.aggregate_shared",
-        "server_app.strategy.bound_representations",
-        "server_app.strategy.aggregate_representations",
         "server_app.strategy.mma_weights",
+        "server_app.aggregation.representation_consensus",
     ],
 }
 
