@@ -153,7 +153,7 @@ class Device:
         """The extra loss terms of this round's training, by name (CCL, SE-CCL, ...)."""
         s, comps, m = self.settings, self.settings.components, self.model
         terms: dict[str, ExtraLoss] = {}
-        if comps.ccl:
+        if comps.ccl and s.ccl.weight > 0:  # weight 0: CCL is off (the default)
             terms["ccl"] = ccl_term(s.ccl)
         if comps.seccl or comps.rep_exchange:
             # SE-CCL: the cloud's z^s as anchors; CreamFL: the devices' consensus.

@@ -249,7 +249,8 @@ class CclSettings(Section):
 
     temperature: float = Field(0.07, gt=0)  # GRAM's default
     label_smoothing: float = Field(0.1, ge=0, lt=1)  # GRAM's default
-    weight: float = Field(0.1, ge=0)
+    # 0 (the default since 2026-12-05, by the declared tuning rule): CCL is off.
+    weight: float = Field(0.0, ge=0)
     # Where CCL acts besides the devices' shared stage: the cloud's training on the
     # public data, and the devices' private (AMT) stage.
     cloud: bool = True
@@ -270,7 +271,7 @@ class SecclSettings(Section):
     unlabelled_public: bool = True
     # Class prototypes of the cloud's fused space (its labelled public data): each
     # labelled device sample is pulled toward its class's prototype; 0 = off.
-    prototype_weight: float = Field(0.0, ge=0)
+    prototype_weight: float = Field(1.0, ge=0)
     prototype_temperature: float = Field(0.1, gt=0)
 
 

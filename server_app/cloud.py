@@ -67,7 +67,7 @@ class Cloud:
         if s.server.steps == 0:
             return {}
         terms: dict[str, ExtraLoss] = {}
-        if comps.ccl and s.ccl.cloud:
+        if comps.ccl and s.ccl.cloud and s.ccl.weight > 0:
             terms["ccl"] = ccl_term(s.ccl)
         if comps.seccl or comps.rep_exchange:
             term = anchor_term(consensus_ids, consensus, s.seccl.server_weight, s.ccl)
