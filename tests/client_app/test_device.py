@@ -64,7 +64,12 @@ def test_optimizer_moments_survive_a_round_trip(tiny_config: dict):
 
 def test_ccl_private_stage_switch_keeps_ccl_in_the_shared_stage(tiny_config: dict):
     def ccl_terms(private_stage: bool) -> set[str]:
-        config = {**tiny_config, "method": "mlecs", "ccl.private-stage": private_stage}
+        config = {
+            **tiny_config,
+            "method": "mlecs",
+            "ccl.private-stage": private_stage,
+            "ccl.weight": 0.1,
+        }
         settings = RunSettings.from_run_config(config)
         payload = GlobalPayload(
             state=initial_global_state(settings, reference_edge_model(settings))

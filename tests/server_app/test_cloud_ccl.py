@@ -19,7 +19,7 @@ from server_app.cloud import Cloud
 )
 def test_cloud_ccl_term_follows_the_switch(tiny_config: dict, method, cloud, expected):
     settings = RunSettings.from_run_config(
-        {**tiny_config, "method": method, "ccl.cloud": cloud, "server.steps": 1}
+        {**tiny_config, "method": method, "ccl.cloud": cloud, "ccl.weight": 0.1, "server.steps": 1}
     )
     cloud_model = Cloud(settings)
     no_anchor = np.zeros((0, settings.model.fused_dim), np.float32)
