@@ -153,8 +153,8 @@ class Device:
         """The extra loss terms of this round's training, by name (CCL, SE-CCL, ...)."""
         s, comps, m = self.settings, self.settings.components, self.model
         terms: dict[str, ExtraLoss] = {}
-        if comps.ccl and s.ccl.weight > 0:  # weight 0: CCL is off (the default)
-            terms["ccl"] = ccl_term(s.ccl)
+        if comps.ccl and (term := ccl_term(s.ccl)) is not None:
+            terms["ccl"] = term
         if comps.seccl or comps.rep_exchange:
             # SE-CCL: the cloud's z^s as anchors; CreamFL: the devices' consensus.
             term = anchor_term(payload.anchor_ids, payload.anchors, s.seccl.weight, s.ccl)

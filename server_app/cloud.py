@@ -67,8 +67,8 @@ class Cloud:
         if s.server.steps == 0:
             return {}
         terms: dict[str, ExtraLoss] = {}
-        if comps.ccl and s.ccl.cloud and s.ccl.weight > 0:
-            terms["ccl"] = ccl_term(s.ccl)
+        if comps.ccl and s.ccl.cloud and (term := ccl_term(s.ccl)) is not None:
+            terms["ccl"] = term
         if comps.seccl or comps.rep_exchange:
             term = anchor_term(consensus_ids, consensus, s.seccl.server_weight, s.ccl)
             if term is not None:
@@ -113,12 +113,24 @@ class Cloud:
         """``z^s`` for every public train sample: ``(N,)`` ids, ``(N, F)``."""
         return fused_representations(self.model, self.data.public_train)
 
-    def prototypes(self) -> tuple[np.ndarray, np.ndarray]:
-        """Class prototypes of ``z^s`` on the labelled public train split: (K,), (K, F)."""
-        ids, z = self.representations()
-        labels = self.data.public_train.labels
-        assert np.array_equal(ids, self.data.public_train.ids)  # rows in sample order
-        return class_prototypes(z, labels)
+    def prototypes(self, ids: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class prototypes of the public train samples' ``z`` (e.g. :meth:`representations`).
+
+        Parameters
+        ----------
+        ids : numpy.ndarray
+            ``(N,)`` public train ids, the rows of ``z``.
+        z : numpy.ndarray
+            ``(N, F)`` their fused representations.
+
+        Returns
+        -------
+        classes, prototypes : numpy.ndarray
+            ``(K,)`` and ``(K, F)``, from the samples' labels.
+        """
+        data = self.data.public_train
+        label_of = dict(zip(data.ids.tolist(), data.labels.tolist()))
+        return class_prototypes(z, np.array([label_of[int(i)] for i in ids], np.int64))
 
     def evaluate(self) -> dict[str, float]:
         """Score the cloud model on the public test split."""

@@ -100,13 +100,7 @@ def _distill_step(
     adapters, the cloud side the cloud's own LoRA.
     """
     (shared, opt_edge), (own, opt_cloud) = edge_side, cloud_side
-    base = model.lm.base_model
-    with torch.no_grad():
-        _, z = model.represent(batch)
-    base.set_adapter([SHARED])
-    edge, _ = model.target_logits(batch, z)
-    base.set_adapter([SHARED, PRIVATE])
-    cloud, _ = model.target_logits(batch, z)
+    edge, cloud = edge_and_cloud_logits(model, batch)
     loss_cloud, to_cloud = _student_loss(cloud, edge, batch.target_ids)
     loss_edge, to_edge = _student_loss(edge, cloud, batch.target_ids)
     opt_cloud.zero_grad(set_to_none=True)
@@ -121,3 +115,19 @@ def _distill_step(
     opt_cloud.step()
     opt_edge.step()
     return float(to_cloud.detach()), float(to_edge.detach())
+
+
+def edge_and_cloud_logits(model: MultimodalLM, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Answer-token logits ``(B, T, V)`` of the edge model (shared adapters) and the cloud.
+
+    The fused ``z`` is computed without gradients (distillation trains the
+    adapters only); the model is left with both adapters active.
+    """
+    base = model.lm.base_model
+    with torch.no_grad():
+        _, z = model.represent(batch)
+    base.set_adapter([SHARED])
+    edge, _ = model.target_logits(batch, z)
+    base.set_adapter([SHARED, PRIVATE])
+    cloud, _ = model.target_logits(batch, z)
+    return edge, cloud

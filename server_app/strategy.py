@@ -117,8 +117,8 @@ class MlEcsStrategy(FedAvg):
         )
         dtype = self.settings.transport.dtype
         packed = pack_global(work.reference, dtype)
-        protos = self._prototypes()
         self._fill_anchors()
+        protos = self._prototypes()
         for node in nodes:
             content = instruction(packed, config, self._anchors_for(node), dtype, protos)
             work.sent.append(Message(content, message_type=MessageType.TRAIN, dst_node_id=node))
@@ -128,13 +128,14 @@ class MlEcsStrategy(FedAvg):
     def _prototypes(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The cloud's class prototypes (SE-CCL with ``seccl.prototype-weight`` > 0), or None.
 
-        Computed from the cloud model as it stands, the same for every device of
-        the round (and after a resume, as the cloud is restored).
+        Computed from the anchor table, which under SE-CCL holds the cloud's ``z^s``
+        of every public train sample as the cloud stands (refreshed after its step,
+        restored on resume): the same for every device of the round.
         """
-        s = self.settings
+        s, snap = self.settings, self._snapshot
         if not (s.components.seccl and s.seccl.prototype_weight > 0):
             return None
-        return self.cloud.prototypes()
+        return self.cloud.prototypes(snap.anchor_ids, snap.anchors)
 
     def _fill_anchors(self) -> None:
         """Under SE-CCL, start the anchor table from the cloud's ``z^s`` if it is empty.

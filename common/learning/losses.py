@@ -17,11 +17,14 @@ from common.sections import CclSettings
 ExtraLoss = Callable[[Batch, torch.Tensor, torch.Tensor], torch.Tensor | None]
 
 
-def ccl_term(cfg: CclSettings) -> ExtraLoss:
+def ccl_term(cfg: CclSettings) -> ExtraLoss | None:
     """CCL over the batch's per-modality embeddings, weighted by ``cfg.weight``.
 
+    None when ``cfg.weight`` is 0 (CCL off, the default): the term is not computed.
     Zero for a batch in which no sample has two modalities.
     """
+    if cfg.weight == 0:
+        return None
 
     def term(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return cfg.weight * ccl_loss(e, batch.mask, cfg.temperature, cfg.label_smoothing)

@@ -6,11 +6,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.model.adapters import PRIVATE, SHARED, adapter_parameters
+from common.model.adapters import PRIVATE, adapter_parameters
 from common.model.state import shared_state
 from common.settings import RunSettings
 from server_app.cloud import Cloud
-from server_app.distill import DISTILL_WEIGHT, _kl, _student_loss, mutual_distillation
+from server_app.distill import (
+    DISTILL_WEIGHT,
+    _kl,
+    _student_loss,
+    edge_and_cloud_logits,
+    mutual_distillation,
+)
 
 
 def test_each_student_learns_the_answers_and_the_other_model():
@@ -33,13 +39,8 @@ def test_each_student_learns_the_answers_and_the_other_model():
 def _edge_cloud_kl(model, batch) -> float:
     """KL(cloud || edge) of the answer tokens: what the edge student minimises."""
     model.eval()
-    base = model.lm.base_model
     with torch.no_grad():
-        _, z = model.represent(batch)
-        base.set_adapter([SHARED])
-        edge, _ = model.target_logits(batch, z)
-        base.set_adapter([SHARED, PRIVATE])
-        cloud, _ = model.target_logits(batch, z)
+        edge, cloud = edge_and_cloud_logits(model, batch)
     return float(_kl(edge, cloud, batch.target_ids != -100))
 
 
