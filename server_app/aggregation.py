@@ -17,8 +17,21 @@ from __future__ import annotations
 import numpy as np
 
 from common.sections import MmaSettings
+from common.settings import RunSettings
 from common.state import ENC_LORA, SHARED_PREFIXES, State
 from server_app.contribution import Contribution
+
+
+def mma_in_force(settings: RunSettings) -> MmaSettings:
+    """MMA's settings, or, for a method without MMA, all of MMA off.
+
+    One rule for the shared deltas and the representation consensus alike: a
+    method without MMA (``no-mma``, CreamFL) gets FedAvg weights by example
+    counts, no norm clipping and no disagreement damping anywhere.
+    """
+    if settings.components.mma:
+        return settings.mma
+    return settings.mma.model_copy(update={"beta": 0.0, "clip_factor": 0.0, "disagreement": 0.0})
 
 
 def mma_weights(

@@ -25,7 +25,12 @@ from proto.messages import (
     read_evaluate_reply,
 )
 from proto.records import NUM_EXAMPLES, from_record, to_record
-from server_app.aggregation import aggregate_shared, mma_weights, representation_consensus
+from server_app.aggregation import (
+    aggregate_shared,
+    mma_in_force,
+    mma_weights,
+    representation_consensus,
+)
 from server_app.checkpoint import StrategySnapshot
 from server_app.cloud import Cloud
 from server_app.contribution import Contribution
@@ -276,18 +281,15 @@ class MlEcsStrategy(FedAvg):
     def _consensus(self, accepted: list[Contribution], n: int) -> tuple[np.ndarray, np.ndarray]:
         """The devices' consensus ``z^c`` per public id: bounded rows, MMA-weighted.
 
-        Empty when the method exchanges no representations or nothing was accepted.
+        Without MMA: unbounded rows averaged by example counts. Empty when the
+        method exchanges no representations or nothing was accepted.
         """
         s = self.settings
         if not (s.exchange_representations and accepted):
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-        # Known difference, kept so that results do not change: these weights are
-        # MMA's (``mma.beta``, count cap) even for a method without MMA, whose
-        # shared deltas :meth:`_mma` averages with FedAvg weights; they are
-        # computed here a second time, apart from :meth:`_mma`'s.
-        snap = self._snapshot
+        snap, mma = self._snapshot, mma_in_force(s)
         ids, cons, notes = representation_consensus(
-            accepted, len(self.all_modalities), s.mma, snap.anchor_ids, snap.anchors
+            accepted, len(self.all_modalities), mma, snap.anchor_ids, snap.anchors
         )
         for node, note in notes.items():
             self.notes.note(n, node, note)
@@ -316,11 +318,9 @@ class MlEcsStrategy(FedAvg):
 
     def _mma(self, accepted: list[Contribution], n: int) -> tuple[State, np.ndarray]:
         """MMA (or, for methods without it, FedAvg) of the shared deltas; clipped ones logged."""
-        s, comps = self.settings, self.settings.components
-        beta = s.mma.beta if comps.mma else 0.0
-        clip = s.mma.clip_factor if comps.mma else 0.0
-        dis = s.mma.disagreement if comps.mma else 0.0
-        weights = mma_weights(accepted, len(self.all_modalities), beta, clip)
+        mma = mma_in_force(self.settings)
+        weights = mma_weights(accepted, len(self.all_modalities), mma.beta, mma.clip_factor)
+        clip, dis = mma.clip_factor, mma.disagreement
         delta, final, scales = aggregate_shared(accepted, weights, clip, dis)
         for c, scale in zip(accepted, scales):
             if scale < 1:

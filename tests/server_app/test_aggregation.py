@@ -10,8 +10,11 @@ from server_app.aggregation import (
     aggregate_shared,
     bound_representations,
     damp,
+    mma_in_force,
     mma_weights,
+    representation_consensus,
 )
+from common.settings import RunSettings
 from server_app.contribution import Contribution, check_contribution
 
 MODS = ("acc", "gyro")
@@ -170,6 +173,24 @@ def test_representations_are_clipped_and_contrary_devices_damped():
     ids, z = aggregate_representations([a, b, far], np.full(3, 1 / 3) * mult, reps)
     assert ids.tolist() == [1, 2, 3]
     np.testing.assert_allclose(z[0], a.reps[0], rtol=1e-6)  # only device 1 sent id 1
+
+
+@pytest.mark.parametrize("method", ["no-mma", "creamfl"])
+def test_without_mma_the_consensus_is_a_plain_mean_by_example_counts(method, tiny_config):
+    """``no-mma`` turns MMA off everywhere: no count cap, no clipping, no damping."""
+    ref_ids = np.array([1, 2])
+    ref = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    a = contrib(1, 0, 10, MODS[:1], rep_ids=ref_ids, reps=ref + 0.1)
+    far = contrib(2, 0, 30, MODS, rep_ids=ref_ids, reps=-ref * 1e3)
+    off = mma_in_force(RunSettings.from_run_config({**tiny_config, "method": method}))
+    assert (off.beta, off.clip_factor, off.disagreement) == (0.0, 0.0, 0.0)
+    ids, z, notes = representation_consensus([a, far], 2, off, ref_ids, ref)
+    np.testing.assert_allclose(z, (10 * a.reps + 30 * far.reps) / 40, rtol=1e-5)
+    assert ids.tolist() == [1, 2] and notes == {}
+    on = mma_in_force(RunSettings.from_run_config({**tiny_config, "method": "mlecs"}))
+    assert on.clip_factor > 0
+    _, bounded, notes = representation_consensus([a, far], 2, on, ref_ids, ref)
+    assert np.abs(bounded).max() < 10 and "away" in notes[2]  # far clipped and damped
 
 
 def test_counts_outside_the_example_count_are_rejected():
