@@ -76,7 +76,7 @@ class ServerRun:
             # Round 0: the cloud first tunes on its public data (every method alike),
             # so its first SE-CCL anchors are not those of an untrained model.
             log(INFO, "round 0: cloud %s", self.cloud.step(*_NO_CONSENSUS, 0))
-        with _without_flowers_result_dump():
+        with _quiet_flower():
             self.strategy.start(
                 grid=grid,
                 initial_arrays=to_record(self.initial_state),
@@ -119,29 +119,51 @@ class ServerRun:
         return self.recorder.finish({"comm": comm})
 
 
-class _DropAfter(logging.Filter):
-    """Drops every record from the first whose message is ``first`` on."""
+# Flower's ``Strategy.start`` logs these (message templates) for every round; the
+# ServerApp's own round line says the same in one line.
+_FLOWER_CHATTER = frozenset(
+    {
+        "",
+        "Starting %s strategy:",
+        "Initial global evaluation results: %s",
+        "[ROUND %s/%s]",
+        "Global evaluation",
+    }
+)
 
-    def __init__(self, first: str) -> None:
+
+class _QuietFlower(logging.Filter):
+    """Drops Flower's per-round chatter and, from ``Final results:`` on, its result dump.
+
+    Only INFO records with Flower's own message templates (or its tab-indented
+    tree lines) are dropped; warnings, errors and the ServerApp's lines all pass.
+    """
+
+    def __init__(self) -> None:
         super().__init__()
-        self.first, self.dropping = first, False
+        self.dumping = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        self.dropping = self.dropping or record.getMessage() == self.first
-        return not self.dropping
+        if record.levelno != INFO:
+            return True
+        template = str(record.msg)
+        self.dumping = self.dumping or template == "Final results:"
+        chatter = template in _FLOWER_CHATTER or template.startswith("\t")
+        return not (self.dumping or chatter)
 
 
 @contextmanager
-def _without_flowers_result_dump():
-    """Leave out the dump of every round's metrics that Flower's ``start()`` logs last.
+def _quiet_flower():
+    """Leave out Flower's per-round lines and the metric dump its ``start()`` logs last.
 
-    It runs to hundreds of lines; the rounds are in ``rounds.jsonl`` and
-    ``summary.json``, and the ServerApp logs a one-line summary instead.
+    The dump runs to hundreds of lines and each round to six; the rounds are in
+    ``rounds.jsonl`` and ``summary.json``, and the ServerApp logs one line per
+    round and a one-line summary instead.
     """
     flwr_logger = logging.getLogger("flwr")
-    drop = _DropAfter("Final results:")
-    flwr_logger.addFilter(drop)
+    quiet = _QuietFlower()
+    flwr_logger.addFilter(quiet)
     try:
         yield
     finally:
-        flwr_logger.removeFilter(drop)
+        flwr_logger.removeFilter(quiet)

@@ -46,6 +46,22 @@ def test_every_method_runs_two_rounds(grid_factory, tiny_config: dict, method: s
     assert (run.recorder.dir / "checkpoint.npz").exists()
 
 
+def test_console_has_one_line_per_round_and_no_flower_dump(grid_factory, tiny_config, caplog):
+    config = {**tiny_config, "method": "fedit", "run-name": "console"}
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        run_federation(grid_factory, config)
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert [m.split(":")[0] for m in info if m.startswith("round ")] == [
+        "round 0",
+        "round 1/2",
+        "round 2/2",
+    ]
+    flower_chatter = ("[ROUND", "Global evaluation", "Final results", "\t", "Starting ")
+    assert not [m for m in info if m.startswith(flower_chatter) or not m.strip()]
+    assert any(m.startswith("Strategy execution finished") for m in info)
+    assert len(info) <= 6, info  # round 0, two rounds, Flower's finish line, notes
+
+
 def test_malformed_reply_is_rejected_and_round_goes_on(grid_factory, tiny_config, caplog):
     # Prepare: node 102 sends NaNs in every round
     def poison(reply: Message) -> Message:
