@@ -78,12 +78,24 @@ def time_mma(n: int, rng: np.random.Generator, repeats: int = 3) -> float:
     return float(np.median(times))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Time MMA for each count and write the JSON."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--counts", default="10,100,1000")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Time MMA for each count and write the JSON."""
+    args = build_parser().parse_args(argv)
     rng = np.random.default_rng(0)
     params = sum(a * b for a, b in smollm2_shapes().values())
     result: dict[str, object] = {"shared_values_per_device": params}

@@ -30,11 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DTYPES = ("float32", "float16", "int8")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Measure and write the JSON."""
-    from experiments.comm_report import report
-    from experiments.run import quiet, sweep
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
 
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--f1-seeds", default="0,1,2")
@@ -43,6 +47,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs-dir", default="/tmp/mlecs-bench/comm", help="finished runs are kept")
     p.add_argument("--dtypes", default=",".join(DTYPES), help="dtypes of the F1 runs")
     p.add_argument("--no-f1", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure and write the JSON."""
+    from experiments.comm_report import report
+    from experiments.run import quiet, sweep
+
+    p = build_parser()
     args = p.parse_args(argv)
     quiet()
     base = read_toml_config(str(ROOT / "conf" / "smollm2_comm.toml"))

@@ -88,15 +88,27 @@ def measure(num_nodes: int, rounds: int, overrides: list[str], tmp: Path) -> dic
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Measure and write the JSON."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--num-nodes", type=int, default=3)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--set", action="append", default=[], help="run-config override key=value")
     p.add_argument("--keep", action="store_true", help="keep the logs and outputs")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure and write the JSON."""
+    args = build_parser().parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="mlecs-deploy-round-"))
     try:
         result = measure(args.num_nodes, args.rounds, args.set, tmp)

@@ -118,14 +118,26 @@ def summarize(run_dir: Path, status: str, wall: float, console: str) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Measure and write the JSON (and the console beside it)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--num-supernodes", type=int, default=10)
     p.add_argument("--set", action="append", default=[], help="run-config override key=value")
     p.add_argument("--keep", action="store_true", help="keep the logs and outputs")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure and write the JSON (and the console beside it)."""
+    args = build_parser().parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="mlecs-quickstart-"))
     try:
         result, console = measure(args.num_supernodes, args.set, tmp)

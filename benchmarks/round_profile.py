@@ -109,8 +109,15 @@ def profile(config: dict, num_nodes: int) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Profile and write the JSON."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--num-nodes", type=int, default=10)
@@ -118,7 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--smollm2", action="store_true", help="SmolLM2-135M-shaped backbone")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Profile and write the JSON."""
+    args = build_parser().parse_args(argv)
     config = read_toml_config(args.config) if args.config else {}
     config.update(parse_overrides(args.set))
     if args.smollm2:

@@ -23,16 +23,28 @@ from common.atomic import write_text
 from common.run_config import parse_overrides
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the federation and write the JSON."""
-    from experiments.run import quiet, run_one
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
 
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--num-nodes", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--set", action="append", default=[])
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the federation and write the JSON."""
+    from experiments.run import quiet, run_one
+
+    args = build_parser().parse_args(argv)
     quiet()
     config = {
         "dataset": "easyvqa",

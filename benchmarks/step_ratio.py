@@ -29,6 +29,25 @@ from common.atomic import write_text
 from common.run_config import parse_overrides
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--method", default="fedit", help="fedit: LM loss only; mlecs adds CCL")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--set", action="append", default=[])
+    return p
+
+
 def main(argv: list[str] | None = None) -> None:
     """Measure and write the JSON."""
     import torch
@@ -39,14 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     from client_app.device import Device, DeviceIdentity
     from common.settings import RunSettings
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--method", default="fedit", help="fedit: LM loss only; mlecs adds CCL")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--set", action="append", default=[])
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = {

@@ -162,7 +162,7 @@ def _settings(config: Path, overrides: dict[str, object]) -> RunSettings:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line; returns the process exit code."""
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.z_file is not None:
         z, targets = np.atleast_2d(np.load(args.z_file).astype(np.float32)), []
@@ -181,8 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    """The command line's arguments."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", required=True, help="host:port of the inference server")
     src = p.add_mutually_exclusive_group(required=True)

@@ -13,9 +13,12 @@ Lifetime: the worker belongs to one run on one node. It exits when the node's
 SuperExec (the ClientApp's parent) is gone, after ``warm-worker-idle`` seconds
 (default 900) without a message, or on SIGTERM; it stays in the SuperNode's
 process group, so stopping that group stops it too.
-Access: a Unix socket in a directory only this user can enter, with an
-authentication key (the HMAC challenge of ``multiprocessing.connection``) in a
-0600 file; requests are pickles, so nobody else may reach the socket.
+Access: a Unix socket in a directory only this user can enter
+(``$XDG_RUNTIME_DIR/mlecs-worker-<uid>``, else the same name in the system temp
+dir: a 0700 folder of this user, never a symlink), with an authentication key
+(the HMAC challenge of ``multiprocessing.connection``) in a 0600 file; requests
+are pickles, so nobody else may reach the socket. A worker that ends removes
+its socket, key, PID, lock and log files.
 Failure: when the worker cannot be started or reached, or dies during a message,
 the ClientApp process handles the message itself (and logs why). An error inside
 the worker's handler is raised in the ClientApp, as if it had happened there.
@@ -30,13 +33,15 @@ import logging
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
@@ -96,17 +101,36 @@ def handle(kind: str, content, context):
 
 
 def worker_dir() -> Path:
-    """Where workers keep their sockets, keys, PID and log files (one per run and node)."""
+    """Where workers keep their sockets, keys, PID, lock and log files (one set per run and node).
+
+    ``$XDG_RUNTIME_DIR/mlecs-worker-<uid>``, or without ``XDG_RUNTIME_DIR`` (a
+    system service, cron) the same per-user name in the system temp dir.
+    """
     root = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
     return root / f"mlecs-worker-{os.getuid()}"
 
 
-def _paths(context) -> tuple[Path, Path, Path, Path]:
-    """Socket, key, lock and log file of this run's worker on this node."""
+def private_worker_dir() -> Path:
+    """:func:`worker_dir`, created 0700; refused unless it is this user's private folder.
+
+    Raises
+    ------
+    OSError
+        When the path is a symlink or not a folder, belongs to another user or
+        others may enter it (in a shared temp dir anyone may create the name
+        first): the ClientApp then handles its messages itself.
+    """
     folder = worker_dir()
     folder.mkdir(mode=0o700, exist_ok=True)
-    if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
-        raise OSError(f"{folder} is not private to this user")
+    info = folder.lstat()  # not stat(): a symlink planted in /tmp is refused
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise OSError(f"{folder} is not a folder private to this user")
+    return folder
+
+
+def _paths(context) -> tuple[Path, Path, Path, Path]:
+    """Socket, key, lock and log file of this run's worker on this node."""
+    folder = private_worker_dir()
     ident = repr((context.run_id, context.node_id, sorted(context.node_config.items())))
     key = hashlib.sha256(ident.encode()).hexdigest()[:20]
     return tuple(folder / f"{key}.{ext}" for ext in ("sock", "key", "lock", "log"))
@@ -115,8 +139,7 @@ def _paths(context) -> tuple[Path, Path, Path, Path]:
 def _connect(context) -> Connection:
     """A connection to this run's worker on this node, starting the worker if needed."""
     sock, keyfile, lockfile, logfile = _paths(context)
-    with open(lockfile, "w") as lock:  # one starter at a time per worker
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(lockfile):  # one starter at a time per worker
         try:
             return Client(str(sock), family="AF_UNIX", authkey=keyfile.read_bytes())
         except (OSError, EOFError):
@@ -149,6 +172,48 @@ def _connect(context) -> Connection:
         raise TimeoutError(f"the warm worker did not start within {START_TIMEOUT:.0f} s")
 
 
+@contextmanager
+def _locked(lockfile: Path) -> Iterator[None]:
+    """Hold the exclusive lock of ``lockfile``, the file that is at that path now.
+
+    A worker that ends removes its lock file (:func:`_remove_files`), so a lock
+    taken on a file that was removed meanwhile is dropped and taken again.
+    """
+    while True:
+        with open(lockfile, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(lock.fileno()).st_ino == os.stat(lockfile).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield
+                return
+
+
+def _remove_files(sock: Path) -> None:
+    """Remove a worker's socket, key and PID file, and its lock and log file when free.
+
+    The lock and log go only while nobody holds the lock: a ClientApp holding it
+    may be starting the next worker, which writes to that log.
+    """
+    for path in (sock, sock.with_suffix(".pid"), sock.with_suffix(".key")):
+        path.unlink(missing_ok=True)
+    lockfile, logfile = sock.with_suffix(".lock"), sock.with_suffix(".log")
+    try:
+        lock = open(lockfile)
+    except FileNotFoundError:  # started without a ClientApp (by hand)
+        logfile.unlink(missing_ok=True)
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        lockfile.unlink(missing_ok=True)
+        logfile.unlink(missing_ok=True)
+
+
 def serve(sock: Path, key: bytes, parent_pid: int, idle: float) -> None:
     """Answer requests on ``sock`` until the parent is gone or ``idle`` seconds pass."""
     from client_app import handlers  # the heavy imports, once
@@ -159,8 +224,7 @@ def serve(sock: Path, key: bytes, parent_pid: int, idle: float) -> None:
     pid_file = sock.with_suffix(".pid")
 
     def leave(*_) -> None:
-        for path in (sock, pid_file, sock.with_suffix(".key")):
-            path.unlink(missing_ok=True)
+        _remove_files(sock)
         os._exit(0)
 
     def watchdog() -> None:
@@ -219,14 +283,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the worker process (started by :func:`handle`, not by hand)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--socket", type=Path, required=True)
     p.add_argument("--key-file", type=Path, required=True)
     p.add_argument("--parent-pid", type=int, required=True)
     p.add_argument("--idle", type=float, default=DEFAULT_IDLE)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the worker process (started by :func:`handle`, not by hand)."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     serve(args.socket, args.key_file.read_bytes(), args.parent_pid, args.idle)
 

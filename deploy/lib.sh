@@ -61,5 +61,7 @@ launch() {
         mkdir -p "$(dirname "$pid_file")"
         echo "$LAUNCHED_PID" >"$pid_file"
     fi
-    say "started PID $LAUNCHED_PID (stop it with: kill -- -$LAUNCHED_PID), log $log_file"
+    local stop="kill -- -$LAUNCHED_PID"
+    [[ -z "$pid_file" ]] || stop="$(dirname "$0")/stop.sh $pid_file"
+    say "started PID $LAUNCHED_PID, log $log_file (stop it with: $stop; SuperNodes before the SuperLink)"
 }

@@ -3,7 +3,8 @@
 Used by the deployment tests and by ``benchmarks.deploy_round``. Everything is
 started through the ``deploy/`` scripts, like on real hosts, on free loopback
 ports, with its own ``FLWR_HOME``; every process runs in its own session and is
-stopped by its process group (:meth:`Processes.stop_all`).
+stopped by its process group (:meth:`Processes.stop_all`): the SuperNodes first,
+then the Fleet proxy, then the SuperLink.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 TERMINAL = ("finished:completed", "finished:failed", "finished:stopped")
+# Stopped last, in this order: SuperNodes sign off with the SuperLink through the
+# proxy when they stop; a SuperLink stopped first keeps listing them online.
+STOP_LAST = ("fleet-proxy", "superlink")
 
 
 def free_ports(n: int) -> list[int]:
@@ -85,20 +89,33 @@ class Processes:
         """The log file of process ``name``."""
         return self.log_dir / f"{name}.log"
 
-    def stop_all(self) -> None:
-        """SIGTERM every process group, then SIGKILL what is left."""
-        for proc in self.procs.values():
-            signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
+    def stop_all(self, last: tuple[str, ...] = STOP_LAST) -> None:
+        """Stop every process group: all but ``last`` first, then each of ``last`` in turn.
+
+        Each wave gets SIGTERM and up to 20 s to exit before the next one is
+        stopped; whatever is left at the end gets SIGKILL. By default the
+        SuperNodes (and anything else) go first, then the Fleet proxy, then the
+        SuperLink, so the SuperNodes can sign off.
+        """
+        first = [name for name in self.procs if name not in last]
+        for wave in [first, *([name] for name in last if name in self.procs)]:
+            self._terminate([self.procs[name] for name in wave], timeout=20)
         for proc in self.procs.values():
             signal_group(proc.pid, signal.SIGKILL)  # stragglers (and orphaned children)
             try:
                 proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    @staticmethod
+    def _terminate(procs: list[subprocess.Popen], timeout: float) -> None:
+        """SIGTERM the process groups of ``procs``; wait up to ``timeout`` s for them."""
+        for proc in procs:
+            signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
 

@@ -11,7 +11,7 @@
 # A directory stands for every *.pub file in it. A key that is already
 # registered is reported and skipped. Only SuperNodes whose key is registered
 # can connect (the SuperLink runs with --enable-supernode-auth). Example:
-#   deploy/register_nodes.sh --address 203.0.113.7:8000 --ca certs/ca.crt certs/keys
+#   deploy/register_nodes.sh --address 127.0.0.1:9093 --ca certs/ca.crt certs/keys
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/lib.sh"

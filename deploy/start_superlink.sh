@@ -23,9 +23,15 @@
 # Runtime dependency installation is disabled: this host needs the project's
 # Python env (the ServerApp runs here). Results go to <output-dir>/<run-name>/
 # relative to this script's working directory unless output-dir is absolute.
+#
+# Everything the SuperLink and its ServerApps create is private to this user
+# (umask 077): the database (registered keys, runs) is 0600, a folder created
+# for it 0700, run outputs 0700/0600. An existing database is made 0600 too.
+# Stop it last, after the SuperNodes and the proxy: deploy/stop.sh.
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/lib.sh"
+umask 077
 
 CERTS=${MLECS_CERTS_DIR:-certs}
 HOST=${MLECS_SUPERLINK_HOST:-127.0.0.1}
@@ -60,6 +66,9 @@ CERTS=$(cd "$CERTS" && pwd)
 [[ "$PORT" =~ ^[0-9]+$ ]] || die "port must be a number, got '$PORT'"
 mkdir -p "$(dirname "$DB")"
 DB=$(abspath "$DB")
+for f in "$DB" "$DB-journal" "$DB-wal" "$DB-shm"; do
+    [[ ! -e "$f" ]] || chmod 600 "$f"  # written before, under a looser umask
+done
 
 case $HOST in
     127.* | localhost | ::1) ;;

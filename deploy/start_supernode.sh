@@ -32,9 +32,12 @@
 # still counts the old one online); restart it again after that (systemd does).
 # Flower's --trusted-entities (run only signed apps) cannot be used with apps
 # submitted by `flwr run .` in Flower 1.42: see deploy/README.md.
+# What the node writes (--state-dir: the device's private state) is private to
+# this user (umask 077). Stop SuperNodes before the SuperLink: deploy/stop.sh.
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/lib.sh"
+umask 077
 
 SUPERLINK=${MLECS_SUPERLINK:-127.0.0.1:8000}
 CA=${MLECS_CA_CERT:-certs/ca.crt}

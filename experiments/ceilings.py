@@ -234,8 +234,15 @@ def forest_own(settings: RunSettings, num_nodes: int) -> dict[str, float]:
     return {"f1": float(np.mean(f1s))}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the chosen ceilings for every seed; write ``ceilings.json`` and print a table."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--num-nodes", type=int, default=10)
@@ -248,6 +255,12 @@ def main(argv: list[str] | None = None) -> None:
         default=",".join(CEILINGS),
         help=f"which ceilings, comma-separated, among {','.join(CEILINGS)}",
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the chosen ceilings for every seed; write ``ceilings.json`` and print a table."""
+    p = build_parser()
     args = p.parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     base = read_toml_config(args.config) if args.config else {}

@@ -126,8 +126,15 @@ def report(settings: RunSettings, backbone_name: str, public_share: int) -> dict
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Print the communication report as JSON and one summary line."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--backbone",
@@ -142,7 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--config", help="a TOML override file, e.g. conf/smollm2_comm.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the communication report as JSON and one summary line."""
+    args = build_parser().parse_args(argv)
     config = read_toml_config(args.config) if args.config else {}
     config.update(parse_overrides(args.set))
     settings = RunSettings.from_run_config(config)

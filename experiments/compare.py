@@ -130,8 +130,15 @@ def markdown(
     return stats.summary_table(results) + "\n\n" + diffs + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: print (and with ``--out`` write) the tables of the given sources."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("sources", nargs="+", help="LABEL=PATH:METHOD (a results.json or runs folder)")
     p.add_argument("--seeds", help="only these seeds, e.g. 10-29 or 0,1,2 (default: all)")
@@ -149,6 +156,12 @@ def main(argv: list[str] | None = None) -> None:
         help="a primary comparison (client macro-F1), named before the runs; the others "
         "are Holm-corrected",
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: print (and with ``--out`` write) the tables of the given sources."""
+    p = build_parser()
     args = p.parse_args(argv)
     try:
         results = load(args.sources, parse_seeds(args.seeds) if args.seeds else None)

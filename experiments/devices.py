@@ -162,8 +162,15 @@ def table(result: dict[str, dict], a: str, b: str, metric: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Print the per-device breakdown of ``a - b``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--runs", type=Path, required=True, help="a sweep's runs/ folder")
     p.add_argument("--a", required=True, help="method a")
@@ -171,7 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metric", default="f1", help="a per-device metric in rounds.jsonl")
     p.add_argument("--tail", type=int, default=5, help="last evaluated rounds averaged")
     p.add_argument("--by", choices=sorted(GROUPINGS), default="modality", help="device groups")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the per-device breakdown of ``a - b``."""
+    args = build_parser().parse_args(argv)
     result = compare(args.runs, args.a, args.b, args.metric, args.tail, GROUPINGS[args.by])
     if not result:
         raise SystemExit(f"error: no seed with finished runs of both '{args.a}' and '{args.b}'")

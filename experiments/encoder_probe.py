@@ -102,8 +102,15 @@ def probe(settings: RunSettings, num_nodes: int, kinds: list[str], steps: int) -
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Probe every encoder of the family for each seed; print and optionally write JSON."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--num-nodes", type=int, default=10)
@@ -112,7 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", help="a TOML override file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, help="write the scores as JSON here")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Probe every encoder of the family for each seed; print and optionally write JSON."""
+    args = build_parser().parse_args(argv)
     base = read_toml_config(args.config) if args.config else {}
     base.update(parse_overrides(args.set))
     out: dict[str, dict[str, float]] = {}

@@ -275,8 +275,15 @@ def _history_reader(grid_cells: list[Cell]):
     return history
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the sweep and write its tables and plots."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--grid", type=Path, help="a TOML grid file (methods x datasets x settings x seeds)"
@@ -294,7 +301,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="run-config override applied to every run",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the sweep and write its tables and plots."""
+    args = build_parser().parse_args(argv)
     quiet()
     out = Path(args.out)
     base = read_toml_config(args.config) if args.config else {}

@@ -46,13 +46,25 @@ def score(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Print the scores of a predictions file as JSON."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--predictions", type=Path, required=True)
     p.add_argument("--classes", default="", help="comma-separated class names, for macro-F1")
     p.add_argument("--no-bertscore", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the scores of a predictions file as JSON."""
+    args = build_parser().parse_args(argv)
     lines = [json.loads(x) for x in args.predictions.read_text().splitlines() if x.strip()]
     preds = [str(x["prediction"]) for x in lines]
     refs = [str(x["reference"]) for x in lines]

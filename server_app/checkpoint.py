@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import read_npz, write_npz
+from common.atomic import PRIVATE, read_npz, write_npz
 from common.state import State, prefixed, select
 
 CHECKPOINT = "checkpoint.npz"
@@ -70,7 +70,7 @@ class Checkpoint:
 
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
-    """Write ``<run_dir>/checkpoint.npz`` atomically (temp file + rename)."""
+    """Write ``<run_dir>/checkpoint.npz`` atomically (temp file + rename), owner-only (0600)."""
     st = ckpt.strategy
     arrays: dict[str, np.ndarray] = {
         **prefixed(ckpt.global_state, "global/"),
@@ -85,7 +85,23 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         "dp_releases": list(st.dp_releases),
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    return write_npz(Path(run_dir) / CHECKPOINT, arrays)
+    return write_npz(Path(run_dir) / CHECKPOINT, arrays, mode=PRIVATE)
+
+
+def checkpoint_round(run_dir: Path) -> int | None:
+    """The round of ``<run_dir>/checkpoint.npz``, reading only its metadata.
+
+    Returns
+    -------
+    int or None
+        The number of rounds the checkpoint covers; None when there is no
+        readable checkpoint (:func:`load_checkpoint` then tells why).
+    """
+    try:
+        with np.load(Path(run_dir) / CHECKPOINT, allow_pickle=False) as data:
+            return int(json.loads(data["meta"].tobytes().decode())["round"])
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return None
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:

@@ -231,8 +231,15 @@ def serve(
     return server, bound
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: load a run's checkpoint and serve until SIGINT / SIGTERM."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", type=Path, required=True, help="<output-dir>/<run-name>")
     p.add_argument("--host", default="127.0.0.1")
@@ -242,6 +249,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-dir", help="override the run's cache-dir (backbone, data)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the run's device")
     p.add_argument("--workers", type=int, default=4)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: load a run's checkpoint and serve until SIGINT / SIGTERM."""
+    p = build_parser()
     args = p.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
         p.error("--tls-cert and --tls-key go together")

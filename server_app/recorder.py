@@ -8,16 +8,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.atomic import write_text
+from common.atomic import PRIVATE, PRIVATE_DIR, atomic_write, private_dir, write_text
 from common.learning.metrics import BERTSCORE_NAME
 from common.run_config import flatten
 from common.settings import ConfigError, RunSettings
+from server_app.checkpoint import checkpoint_round
 from server_app.round_result import RoundResult
 
 # Metrics that the summary's "final" block reports for both sides.
 FINAL_KEYS = ("rouge_lsum", "bertscore_f1", "f1")
 # Recorded only where an evaluation produced them (eval.decode = "both").
 OPTIONAL_KEYS = ("rank_f1",)
+ROUNDS, SUMMARY = "rounds.jsonl", "summary.json"
+
+
+class RunRefused(ConfigError):
+    """A run not started: it would overwrite another run's folder, or it has nothing left to do."""
 
 
 def default_run_name(settings: RunSettings) -> str:
@@ -26,6 +32,37 @@ def default_run_name(settings: RunSettings) -> str:
         return settings.run_name
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return f"{settings.method}-{settings.dataset}-s{settings.seed}-{stamp}"
+
+
+def run_folder(settings: RunSettings) -> Path:
+    """``<output-dir>/<run-name>/`` (the run name resolved once, see :func:`default_run_name`)."""
+    return Path(settings.output_dir).expanduser() / default_run_name(settings)
+
+
+def check_run_folder(settings: RunSettings, run_dir: Path) -> None:
+    """Refuse, before any work, a run that would overwrite a run or that has nothing to do.
+
+    Raises
+    ------
+    RunRefused
+        Without ``resume``: ``run_dir`` already holds a run. With ``resume``: its
+        checkpoint already covers ``num-server-rounds`` and its summary is written
+        (a run stopped between its last checkpoint and its summary is finished
+        by the resume). The one-line message names the folder and what to do.
+    """
+    if not settings.resume:
+        if (run_dir / ROUNDS).exists():
+            raise RunRefused(
+                f"run folder {run_dir} already holds a run; choose another 'run-name' "
+                "or continue it with resume=true"
+            )
+        return
+    done = checkpoint_round(run_dir)
+    if done is not None and done >= settings.num_server_rounds and (run_dir / SUMMARY).exists():
+        raise RunRefused(
+            f"run {run_dir.name!r} ({run_dir}) already finished its {done} rounds; "
+            f"raise num-server-rounds above {done} to extend it (nothing was changed)"
+        )
 
 
 def _clean(value: Any) -> Any:
@@ -90,27 +127,32 @@ def _mean(values: list[Any]) -> float | None:
 
 
 class Recorder:
-    """Writes ``<output-dir>/<run-name>/``: config.json, rounds.jsonl, summary.json, metrics.png."""
+    """Writes ``<output-dir>/<run-name>/``: config.json, rounds.jsonl, summary.json, metrics.png.
 
-    def __init__(self, settings: RunSettings, keep_rounds: int = 0) -> None:
+    The run folder is private to its owner (0700, its files 0600): it holds the
+    run's checkpoint and per-device results. ``run_dir`` defaults to
+    :func:`run_folder`; :func:`check_run_folder` refuses it first.
+    """
+
+    def __init__(
+        self, settings: RunSettings, keep_rounds: int = 0, run_dir: Path | None = None
+    ) -> None:
         self.settings = settings
-        self.dir = Path(settings.output_dir).expanduser() / default_run_name(settings)
-        self.rounds_path = self.dir / "rounds.jsonl"
-        if self.rounds_path.exists() and not settings.resume:
-            raise ConfigError(
-                f"run folder {self.dir} already holds a run; choose another 'run-name' "
-                "or continue it with resume=true"
-            )
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(run_dir) if run_dir is not None else run_folder(settings)
+        self.rounds_path = self.dir / ROUNDS
+        check_run_folder(settings, self.dir)
+        # A new output folder is private too; an existing one is left as it is.
+        self.dir.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        private_dir(self.dir)
         self.history: list[dict[str, Any]] = []
         if keep_rounds and self.rounds_path.exists():
             # Resuming: keep the rounds the checkpoint covers, drop any later ones.
             lines = [json.loads(x) for x in self.rounds_path.read_text().splitlines() if x]
             self.history = [r for r in lines if r["round"] <= keep_rounds]
-        write_text(self.rounds_path, "".join(json.dumps(r) + "\n" for r in self.history))
+        write_text(self.rounds_path, "".join(json.dumps(r) + "\n" for r in self.history), PRIVATE)
         self._writer = None  # TensorBoard writer, opened at the first round
         config = {"run_config": flatten(settings), "bertscore_model": BERTSCORE_NAME}
-        write_text(self.dir / "config.json", json.dumps(config, indent=2))
+        write_text(self.dir / "config.json", json.dumps(config, indent=2), PRIVATE)
 
     def record_round(self, record: dict[str, Any]) -> None:
         """Append one round's record (must hold ``round``)."""
@@ -167,7 +209,7 @@ class Recorder:
             "first_round": {k: self.history[0].get(k) for k in final} if self.history else {},
             **(extra or {}),
         }
-        write_text(self.dir / "summary.json", json.dumps(_clean(summary), indent=2))
+        write_text(self.dir / SUMMARY, json.dumps(_clean(summary), indent=2), PRIVATE)
         self.plot()
         if self._writer is not None:
             self._writer.close()
@@ -200,5 +242,5 @@ class Recorder:
             f"{self.settings.method} on {self.settings.dataset} (seed {self.settings.seed})"
         )
         fig.tight_layout()
-        fig.savefig(self.dir / "metrics.png", dpi=100)
+        atomic_write(self.dir / "metrics.png", lambda tmp: fig.savefig(tmp, dpi=100), PRIVATE)
         plt.close(fig)

@@ -6,7 +6,6 @@ import json
 import logging
 from contextlib import contextmanager
 from logging import INFO
-from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
@@ -26,7 +25,13 @@ from server_app.checkpoint import (
     save_checkpoint,
 )
 from server_app.cloud import Cloud
-from server_app.recorder import Recorder, round_line, round_record
+from server_app.recorder import (
+    Recorder,
+    check_run_folder,
+    round_line,
+    round_record,
+    run_folder,
+)
 from server_app.round_result import RoundResult
 from server_app.strategy import MlEcsStrategy
 
@@ -34,10 +39,19 @@ _NO_CONSENSUS = (np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
 
 
 class ServerRun:
-    """Everything the ServerApp holds for one run (no Flower runtime needed)."""
+    """Everything the ServerApp holds for one run (no Flower runtime needed).
+
+    Raises
+    ------
+    server_app.recorder.RunRefused
+        Before any work (no data loaded, nothing written) when the run folder
+        holds another run, or a resumed run has no rounds left.
+    """
 
     def __init__(self, settings: RunSettings) -> None:
         self.settings = settings
+        self.run_dir = run_folder(settings)
+        check_run_folder(settings, self.run_dir)
         self.cloud = Cloud(settings)  # loads the data: fails early on bad input
         edge = reference_edge_model(settings)
         self.edge_param_bytes = sum(p.numel() for p in edge.parameters()) * 4
@@ -46,7 +60,7 @@ class ServerRun:
         self.strategy = MlEcsStrategy(settings, self.cloud, self.edge_param_bytes)
         self._config = json.loads(json.dumps(flatten(settings)))
         done = self._resume() if settings.resume else 0
-        self.recorder = Recorder(settings, keep_rounds=done)
+        self.recorder = Recorder(settings, keep_rounds=done, run_dir=self.run_dir)
         # The communication of the rounds before a resume counts in the summary too.
         self.comm: list[dict[str, float]] = [
             r["comm"] for r in self.recorder.history if r.get("comm")
@@ -56,7 +70,7 @@ class ServerRun:
 
     def _resume(self) -> int:
         """Restore the last checkpoint of this run directory; return its round."""
-        run_dir = Path(self.settings.output_dir).expanduser() / self.settings.run_name
+        run_dir = self.run_dir
         if not (run_dir / CHECKPOINT).exists():
             log(INFO, "resume: no checkpoint in %s, starting at round 1", run_dir)
             return 0

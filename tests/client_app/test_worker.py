@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -72,6 +74,9 @@ def test_the_worker_exits_with_its_parent(tmp_path: Path):
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     sock, key = tmp_path / "w.sock", tmp_path / "w.key"
     key.write_bytes(b"k" * 32)
+    lock, log = tmp_path / "w.lock", tmp_path / "w.log"  # as a ClientApp leaves them
+    lock.touch()
+    log.write_text("warm worker log\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "client_app.worker", "--socket", sock, "--key-file", key]
         + ["--parent-pid", str(parent.pid), "--idle", "600"],
@@ -86,6 +91,7 @@ def test_the_worker_exits_with_its_parent(tmp_path: Path):
         parent.wait()
         assert proc.wait(timeout=15) == 0
         assert not sock.exists() and not sock.with_suffix(".pid").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == []  # key, lock and log too
     finally:
         parent.kill()
         proc.kill()
@@ -108,3 +114,57 @@ def test_without_a_worker_the_clientapp_handles_the_message(tiny_config, worker_
 def test_the_node_config_switches_the_worker_on(value, on):
     config = {} if value is None else {"warm-worker": value}
     assert worker.enabled(config) is on
+
+
+def test_lock_and_log_stay_while_a_clientapp_holds_the_lock(tmp_path: Path):
+    sock = tmp_path / "w.sock"
+    for ext in ("sock", "key", "pid", "lock", "log"):
+        sock.with_suffix(f".{ext}").write_text(ext)
+    with open(sock.with_suffix(".lock")) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a ClientApp starting the next worker
+        worker._remove_files(sock)
+        assert sorted(p.suffix for p in tmp_path.iterdir()) == [".lock", ".log"]
+    worker._remove_files(sock)
+    assert not list(tmp_path.iterdir())
+
+
+def test_without_xdg_runtime_dir_the_folder_is_private_in_the_temp_dir(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    old = os.umask(0o022)
+    try:
+        folder = worker.private_worker_dir()
+    finally:
+        os.umask(old)
+    assert folder == tmp_path / f"mlecs-worker-{os.getuid()}"
+    assert stat.S_IMODE(folder.lstat().st_mode) == 0o700
+    folder.chmod(0o755)  # e.g. made by someone else's umask: not trusted
+    with pytest.raises(OSError, match="private"):
+        worker.private_worker_dir()
+    folder.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    folder.symlink_to(elsewhere)  # planted in a shared /tmp
+    with pytest.raises(OSError, match="private"):
+        worker.private_worker_dir()
+
+
+def test_the_start_lock_is_taken_again_when_its_file_was_removed(tmp_path: Path):
+    import threading
+
+    lockfile, locked = tmp_path / "w.lock", []
+
+    def starter() -> None:  # a ClientApp waiting to start the next worker
+        with worker._locked(lockfile):
+            locked.append(lockfile.exists())
+
+    with open(lockfile, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        thread = threading.Thread(target=starter)
+        thread.start()
+        time.sleep(0.3)
+        lockfile.unlink()  # the worker that ended removed its lock file
+    thread.join(10)
+    assert locked == [True]  # it locked the file now at that path, not the removed one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.settings import RunSettings
 from server_app.aggregation import (
     aggregate_representations,
     aggregate_shared,
@@ -14,7 +15,6 @@ from server_app.aggregation import (
     mma_weights,
     representation_consensus,
 )
-from common.settings import RunSettings
 from server_app.contribution import Contribution, check_contribution
 
 MODS = ("acc", "gyro")
