@@ -55,6 +55,7 @@ VARIABLES = {"HOME": "/home/user"}
 BY_HAND = re.compile(r"run by hand\b[^|]*?\b\d{4}-\d{2}-\d{2}", re.IGNORECASE | re.DOTALL)
 
 LOOPBACK = "tests/deploy/test_deployment.py (deploy/loopback.py; benchmarks/deploy_round.py)"
+DAEMONS = "tests/deploy/test_daemons.py (the guide's --daemon mode)"
 # entry point -> [(the flags a runner passes, the runner)]
 RUN_BY: dict[str, list[tuple[str, str]]] = {
     "bash scripts/setup.sh": [("", ".ci/run (CI)")],
@@ -67,48 +68,46 @@ RUN_BY: dict[str, list[tuple[str, str]]] = {
     ],
     "flwr ls": [("--run-id --format", f"{LOOPBACK}; tests/deploy/test_simulation.py")],
     "flwr supernode list": [("--format", LOOPBACK)],
+    "flwr log": [("--show", LOOPBACK)],
+    "flwr stop": [("", LOOPBACK)],
     "deploy/gen_certs.sh": [("", LOOPBACK)],
     "deploy/write_connection.sh": [("", LOOPBACK)],
-    "deploy/register_nodes.sh": [("--connection", LOOPBACK)],
+    "deploy/register_nodes.sh": [("--connection", LOOPBACK), ("--address --ca", DAEMONS)],
     "deploy/stop.sh": [("--wait", "tests/deploy/test_scripts.py (stand-in daemons)")],
-    "deploy/start_superlink.sh": [("--certs --host --port --database --pid-file", LOOPBACK)],
-    "deploy/start_fleet_proxy.sh": [("--certs --host --port --upstream --pid-file", LOOPBACK)],
+    "deploy/start_superlink.sh": [
+        ("--certs --host --port --database --pid-file", LOOPBACK),
+        ("--certs --host --port --database --daemon --log-file --pid-file", DAEMONS),
+    ],
+    "deploy/start_fleet_proxy.sh": [
+        ("--certs --host --port --upstream --pid-file", LOOPBACK),
+        ("--certs --host --port --upstream --daemon --log-file --pid-file", DAEMONS),
+    ],
     "deploy/start_supernode.sh": [
-        ("--superlink --ca --key --port --partition-id --num-partitions --pid-file", LOOPBACK)
+        ("--superlink --ca --key --port --partition-id --num-partitions --pid-file", LOOPBACK),
+        (
+            "--superlink --ca --key --port --partition-id --num-partitions --modalities "
+            "--state-dir --daemon --log-file --pid-file",
+            DAEMONS,
+        ),
     ],
     "python -m server_app.inference_server": [
-        ("--run-dir --port --tls-cert --tls-key", "tests/proto/test_inference.py")
+        ("--run-dir --host --port --tls-cert --tls-key", "tests/proto/test_inference.py")
     ],
     "python -m client_app.inference_client": [
         ("--target --from-device --config --samples", "tests/proto/test_inference.py"),
+        ("--target --from-device --config --root-cert --repeat", "tests/proto/test_inference.py"),
         ("--target --z-file --repeat", "tests/proto/test_inference.py"),
     ],
 }
-DAEMON = "the test runs the script, not with these flags (--daemon --log-file; --address)"
 DOCKER = "no Docker engine on the build machine (the guide says so)"
 # "<doc>: <entry point> <its flags, sorted>", or "<doc>: <entry point>" for every use of
 # the entry point in that doc -> why no test or benchmark runs it
 NOT_RUN = {
-    "README.md: python -m mkdocs serve": "serves until stopped; run by hand, no date logged",
-    "docs/real-models.md: python -m pip install": "optional packages; their tests skip without",
-    "docs/real-models.md: python -m experiments.run": "measured by hand, no date logged",
-    "docs/performance.md: python -m experiments.comm_report": (
-        "benchmarks/comm.py computes the same report() on conf/smollm2_comm.toml, not this CLI"
-    ),
-    "docs/results.md: python -m experiments.devices --a --b --runs": "no run date in the log",
-    "docs/results.md: python -m experiments.run --grid --jobs --out": "no run date in the log",
-    "docs/deployment.md: python -m server_app.inference_server": "the test passes no --host",
-    "docs/deployment.md: python -m client_app.inference_client": "no test passes --root-cert",
-    "deploy/README.md: flwr log": "no test reads a run's log with the CLI",
-    "deploy/README.md: flwr stop": "no test stops a run",
     "deploy/README.md: systemctl daemon-reload": "no test installs the systemd units",
     "deploy/README.md: systemctl enable": "no test installs the systemd units",
     "deploy/README.md: docker compose": DOCKER,
     "deploy/README.md: docker run": DOCKER,
 }
-for _doc in ("deploy/README.md", "docs/deployment.md"):
-    for _script in ("start_superlink", "start_fleet_proxy", "start_supernode", "register_nodes"):
-        NOT_RUN[f"{_doc}: deploy/{_script}.sh"] = DAEMON
 
 
 @dataclass
@@ -375,7 +374,7 @@ def test_a_wrong_command_is_refused(line):
 def test_an_unlisted_command_is_not_run_anywhere():
     (cmd,) = shell_commands(["flwr run . --federation-config x --no-such-flag"], "x.md", 1, False)
     assert runner(cmd) is None
-    (cmd,) = shell_commands(["flwr stop 1 mlecs"], "x.md", 1, by_hand=True)
+    (cmd,) = shell_commands(["flwr login mlecs"], "x.md", 1, by_hand=True)
     assert runner(cmd) == "by hand (dated note beside the block)"
 
 

@@ -194,6 +194,8 @@ def test_run_survives_a_killed_supernode(deployment):
     run_id = run_id_of(env, CONNECTION, text)
     status = final_status(env, CONNECTION, run_id)
     assert status["status"] == "finished:completed", f"{status}\n{text[-5000:]}"
+    # The operator reads the ServerApp's log afterwards (deploy/README.md, step 9).
+    assert "round 4/4: client" in flwr(env, "log", run_id, CONNECTION, "--show")
 
     result_dir = out_dir / RUN_NAME
     assert (result_dir / "summary.json").is_file(), sorted(p.name for p in out_dir.glob("**/*"))
@@ -226,3 +228,27 @@ def test_run_survives_a_killed_supernode(deployment):
         f"node {node_id} killed, named as {named.group(1).split(':')[0]!r}, back after "
         f"{back:.0f}s ({refused} restart(s) refused with 305)"
     )
+
+
+def test_flwr_stop_ends_a_running_run(deployment):
+    """``flwr stop`` (deploy/README.md, step 9) ends a run mid-way: ``finished:stopped``."""
+    env, tmp = deployment["env"], deployment["tmp"]
+    out_dir = tmp / "out"
+    tiny = TINY.replace("num-server-rounds=4", "num-server-rounds=100")
+    run_config = f'{tiny} cache-dir="{tmp / "cache"}" output-dir="{out_dir}" run-name="stop-test"'
+    submit = subprocess.run(
+        ["flwr", "run", ".", CONNECTION, "--run-config", run_config, "--format", "json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    run_id = str(json_of(submit.stdout)["run-id"])
+    rounds = out_dir / "stop-test" / "rounds.jsonl"
+    wait_for("the run's first round", rounds.is_file, timeout=240, interval=1)
+    flwr(env, "stop", run_id, CONNECTION)
+    status = final_status(env, CONNECTION, run_id, timeout=90)
+    assert status["status"] == "finished:stopped", status
+    assert len(rounds.read_text().splitlines()) < 100

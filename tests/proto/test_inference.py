@@ -300,7 +300,8 @@ def test_device_representations_are_accepted(cloud_run, servers, capsys):
 
 
 @pytest.mark.slow
-def test_server_command_over_tls(cloud_run, tls_files, cache_dir):
+def test_server_command_over_tls(cloud_run, tls_files, cache_dir, capsys):
+    # docs/deployment.md's two commands, with the flags it shows (a free port here).
     run_dir, _ = cloud_run
     cmd = [
         sys.executable,
@@ -308,6 +309,8 @@ def test_server_command_over_tls(cloud_run, tls_files, cache_dir):
         "server_app.inference_server",
         "--run-dir",
         str(run_dir),
+        "--host",
+        "127.0.0.1",
         "--port",
         "0",
         "--tls-cert",
@@ -330,6 +333,10 @@ def test_server_command_over_tls(cloud_run, tls_files, cache_dir):
         root = tls_files[0].read_bytes()
         with CloudClient(f"localhost:{port}", root_cert=root) as client:
             assert client.generate(_z(cloud_run)).text
+        config = str(run_dir / "config.json")
+        args = ["--target", f"localhost:{port}", "--from-device", "0", "--config", config]
+        assert main([*args, "--root-cert", str(tls_files[0]), "--repeat", "6"]) == 0
+        assert "6 requests: p50" in capsys.readouterr().out
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
