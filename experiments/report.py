@@ -1,10 +1,15 @@
-"""What a sweep writes: results.json, results.csv, table.md and plots, per group of cells.
+"""What a sweep writes: results.json, results.csv, table.md, plots and report.html.
 
 A group is one (dataset, setting) of a grid; a sweep given by flags has one group.
+As a command it writes the HTML report of a run's or a sweep's folder again, from
+the files there (``experiments.html_report``)::
+
+    python -m experiments.report outputs/hapt_scarce_skew --out reports/hapt_scarce_skew
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -12,6 +17,8 @@ from pathlib import Path
 
 from common.atomic import write_text
 from experiments import stats
+from experiments.html_report import write_report
+from experiments.report_sources import read_source
 
 TABLE_METRICS = ("client_f1", "client_rouge_lsum", "server_f1", "server_rouge_lsum")
 COMM_KEYS = ("bytes_up_per_client_round", "bytes_down_per_client_round", "ratio")
@@ -88,4 +95,37 @@ def write_outputs(results: Results, out: Path, history) -> str:
             stats.plot_diffs(by_method, "client_f1", first, out / f"diffs{tag}.png")
     md = "\n\n".join(parts)
     write_text(out / "table.md", md + "\n")
+    write_report(read_source(out), out, out)  # from the files just written, never from memory
     return md
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser :func:`main` uses; ``tests/test_docs_commands.py`` checks the
+        documented commands against it.
+    """
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "source", type=Path, help="a run's folder or a sweep's (--out of experiments.run)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="where report.html is written")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write ``--out/report.html`` for a run's or a sweep's folder."""
+    args = build_parser().parse_args(argv)
+    try:
+        groups = read_source(args.source)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    path = write_report(groups, args.source, args.out)
+    print(f"{path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()

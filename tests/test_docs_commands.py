@@ -90,6 +90,7 @@ RUN_BY: dict[str, list[tuple[str, str]]] = {
             DAEMONS,
         ),
     ],
+    "python -m experiments.report": [("--out", "tests/experiments/test_html_report.py")],
     "python -m server_app.inference_server": [
         ("--run-dir --host --port --tls-cert --tls-key", "tests/proto/test_inference.py")
     ],
@@ -217,7 +218,7 @@ def paragraph(lines: list[str], at: int, step: int) -> str:
     while 0 <= at < len(lines) and lines[at].strip() and not lines[at].lstrip().startswith("```"):
         out.append(lines[at])
         at += step
-    return " ".join(out)
+    return " ".join(out[::step])  # in reading order, also when read upwards
 
 
 def starts_a_command(line: str) -> bool:
