@@ -50,12 +50,17 @@ PARTS = {
         "server_app.replies.check_contribution",
         "server_app.strategy.aggregate_shared",
         "server_app.strategy.mma_weights",
-        "server_app.aggregation.representation_consensus",
+        "server_app.strategy.representation_consensus",
     ],
 }
 
 
-def _timed(target: str, part: str, totals: dict[str, float]):
+def timed(target: str, part: str, totals: dict[str, float]):
+    """Patch ``target`` (``pkg.mod.func`` or ``pkg.mod.Class.method``) to time its calls.
+
+    Each call's seconds are added to ``totals[part]``; the patch lasts while the
+    returned context manager is entered.
+    """
     module, _, name = target.rpartition(".")
     try:
         owner = importlib.import_module(module)
@@ -86,7 +91,7 @@ def profile(config: dict, num_nodes: int) -> dict:
     with ExitStack() as stack:
         for part, targets in PARTS.items():
             for target in targets:
-                stack.enter_context(_timed(target, part, totals))
+                stack.enter_context(timed(target, part, totals))
         run = ServerRun(settings)
         grid = InProcessGrid(client_app, config, num_nodes)
         totals.clear()  # setup (data, models, round 0) is not a round

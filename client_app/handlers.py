@@ -65,12 +65,26 @@ def _device(settings: RunSettings, ident: DeviceIdentity, reuse: bool) -> Device
     key = (settings, ident)
     device = _DEVICES.get(key) if reuse else None
     if device is None:
+        _DEVICES.pop(key, None)
+        while len(_DEVICES) >= _MAX_DEVICES:  # free the oldest before building: a lower peak
+            _DEVICES.popitem(last=False)
         device = Device(settings, ident)
         _DEVICES[key] = device
-        if len(_DEVICES) > _MAX_DEVICES:
-            _DEVICES.popitem(last=False)
     _DEVICES.move_to_end(key)
     return device
+
+
+def keep_devices(limit: int) -> None:
+    """Keep at most ``limit`` built devices in this process from now on.
+
+    A simulation process serves many devices of one run (the default, 128); a
+    node's warm worker serves one device, run after run, and keeps only the
+    current run's, so a box's memory does not grow with the runs it has served.
+    """
+    global _MAX_DEVICES
+    _MAX_DEVICES = max(1, limit)
+    while len(_DEVICES) > _MAX_DEVICES:
+        _DEVICES.popitem(last=False)
 
 
 def identity_from_node_config(node_config: dict) -> DeviceIdentity:

@@ -9,10 +9,13 @@ starts and its later messages reuse: imports and the built device survive
 between rounds; each message still restores the device from ``context.state``,
 which travels with the request and back, so nothing changes in what is computed.
 
-Lifetime: the worker belongs to one run on one node. It exits when the node's
-SuperExec (the ClientApp's parent) is gone, after ``warm-worker-idle`` seconds
-(default 900) without a message, or on SIGTERM; it stays in the SuperNode's
-process group, so stopping that group stops it too.
+Lifetime: the worker belongs to one node and serves every run of that node, one
+after another: a later run's messages reach the same worker (the state still
+travels with each message), and it keeps only the device of the run it served
+last, so a box's memory stays that of one run however many runs it serves. It
+exits when the SuperExec that started it (the ClientApp's parent) is gone, after
+``warm-worker-idle`` seconds (default 900) without a message, or on SIGTERM; it
+stays in the SuperNode's process group, so stopping that group stops it too.
 Access: a Unix socket in a directory only this user can enter
 (``$XDG_RUNTIME_DIR/mlecs-worker-<uid>``, else the same name in the system temp
 dir: a 0700 folder of this user, never a symlink), with an authentication key
@@ -101,7 +104,7 @@ def handle(kind: str, content, context):
 
 
 def worker_dir() -> Path:
-    """Where workers keep their sockets, keys, PID, lock and log files (one set per run and node).
+    """Where workers keep their sockets, keys, PID, lock and log files (one set per node).
 
     ``$XDG_RUNTIME_DIR/mlecs-worker-<uid>``, or without ``XDG_RUNTIME_DIR`` (a
     system service, cron) the same per-user name in the system temp dir.
@@ -129,15 +132,15 @@ def private_worker_dir() -> Path:
 
 
 def _paths(context) -> tuple[Path, Path, Path, Path]:
-    """Socket, key, lock and log file of this run's worker on this node."""
+    """Socket, key, lock and log file of this node's worker (the same for every run)."""
     folder = private_worker_dir()
-    ident = repr((context.run_id, context.node_id, sorted(context.node_config.items())))
+    ident = repr((context.node_id, sorted(context.node_config.items())))
     key = hashlib.sha256(ident.encode()).hexdigest()[:20]
     return tuple(folder / f"{key}.{ext}" for ext in ("sock", "key", "lock", "log"))
 
 
 def _connect(context) -> Connection:
-    """A connection to this run's worker on this node, starting the worker if needed."""
+    """A connection to this node's worker, starting the worker if needed."""
     sock, keyfile, lockfile, logfile = _paths(context)
     with _locked(lockfile):  # one starter at a time per worker
         try:
@@ -218,6 +221,7 @@ def serve(sock: Path, key: bytes, parent_pid: int, idle: float) -> None:
     """Answer requests on ``sock`` until the parent is gone or ``idle`` seconds pass."""
     from client_app import handlers  # the heavy imports, once
 
+    handlers.keep_devices(1)  # one node, one device: the current run's
     run = {"train": handlers.run_train, "evaluate": handlers.run_evaluate}
     last = [time.monotonic()]
     busy = threading.Lock()

@@ -50,12 +50,14 @@ PLUMBING = {".", "source", "cd", "export", "for", "done", "sleep", "kill", "echo
 PLUMBING |= {"ssh", "scp", "git", "mkdir", "cp", "chown", "useradd", "journalctl"}
 # Programs whose next word (when not a flag) is a subcommand.
 SUBCOMMANDS = {"flwr", "flwr supernode", "python -m mkdocs", "python -m pip", "docker", "systemctl"}
+SUBCOMMANDS |= {"ray"}
 PLACEHOLDERS = {"regime": "hapt_scarce_skew", "RUN_ID": "1", "ID": "1", "run": "mlecs-s0"}
 VARIABLES = {"HOME": "/home/user"}
 BY_HAND = re.compile(r"run by hand\b[^|]*?\b\d{4}-\d{2}-\d{2}", re.IGNORECASE | re.DOTALL)
 
 LOOPBACK = "tests/deploy/test_deployment.py (deploy/loopback.py; benchmarks/deploy_round.py)"
 DAEMONS = "tests/deploy/test_daemons.py (the guide's --daemon mode)"
+RAY_CLUSTER = "tests/deploy/test_ray_cluster.py (a head and a second Ray node on loopback)"
 # entry point -> [(the flags a runner passes, the runner)]
 RUN_BY: dict[str, list[tuple[str, str]]] = {
     "bash scripts/setup.sh": [("", ".ci/run (CI)")],
@@ -90,6 +92,21 @@ RUN_BY: dict[str, list[tuple[str, str]]] = {
             DAEMONS,
         ),
     ],
+    "ray start": [
+        (
+            "--head --port --num-cpus --include-dashboard --temp-dir --object-store-memory "
+            "--disable-usage-stats",
+            RAY_CLUSTER,
+        ),
+        ("--address --num-cpus --object-store-memory --disable-usage-stats", RAY_CLUSTER),
+    ],
+    "ray status": [("--address", RAY_CLUSTER)],
+    "flower-superlink": [
+        (
+            "--insecure --simulation --isolation --host --port --control-api-address --database",
+            RAY_CLUSTER,
+        )
+    ],
     "python -m experiments.report": [("--out", "tests/experiments/test_html_report.py")],
     "python -m server_app.inference_server": [
         ("--run-dir --host --port --tls-cert --tls-key", "tests/proto/test_inference.py")
@@ -108,6 +125,8 @@ NOT_RUN = {
     "deploy/README.md: systemctl enable": "no test installs the systemd units",
     "deploy/README.md: docker compose": DOCKER,
     "deploy/README.md: docker run": DOCKER,
+    "docs/ray-cluster.md: ray stop": "it ends every Ray process of the machine; the test stops "
+    "its own by PID",
 }
 
 

@@ -61,6 +61,19 @@ def test_a_warm_worker_computes_what_the_clientapp_process_computes(tiny_config,
     assert (worker_home.stat().st_mode & 0o777) == 0o700
 
 
+def test_a_later_run_reuses_the_nodes_workers(tiny_config, worker_home):
+    # Back-to-back runs on the same nodes: no worker piles up, the same ones serve both
+    out = Path(tiny_config["output-dir"])
+    run({**tiny_config, "run-name": "first"}, warm=True)
+    first = sorted(int(p.read_text()) for p in worker_home.glob("*.pid"))
+    second = run({**tiny_config, "run-name": "second", "seed": 1}, warm=True)
+    assert sorted(int(p.read_text()) for p in worker_home.glob("*.pid")) == first
+    assert len(first) == NODES
+    here = run({**tiny_config, "run-name": "here", "seed": 1}, warm=False)
+    assert second["final"] == here["final"]  # the reused worker computes the same
+    assert metrics(out / "second") == metrics(out / "here")
+
+
 def test_the_worker_refuses_a_client_without_its_key(tiny_config, worker_home):
     run({**tiny_config, "num-server-rounds": 1, "run-name": "w"}, warm=True)
     sock = next(worker_home.glob("*.sock"))

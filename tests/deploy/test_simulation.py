@@ -109,9 +109,10 @@ def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> N
     raise TimeoutError("SuperLink did not become healthy")
 
 
-def run_status(env: dict, run_id: str) -> dict:
+def run_status(env: dict, run_id: str, prefix: tuple[str, ...] = ()) -> dict:
+    """The run's entry of ``flwr ls`` (``prefix``: e.g. ``nsenter`` into a namespace)."""
     out = subprocess.run(
-        [str(BIN / "flwr"), "ls", "--run-id", run_id, "--format", "json"],
+        [*prefix, str(BIN / "flwr"), "ls", "--run-id", run_id, "--format", "json"],
         cwd=ROOT,
         env=env,
         capture_output=True,
