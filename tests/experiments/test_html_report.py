@@ -119,3 +119,16 @@ def test_markdown_tables_become_html():
         "<tr><td>m - n</td><td><strong>+0.1 [0, 0.2] *</strong></td></tr>\n"
         '</table>\n<p class="note"><code>*</code>: a note</p>'
     )
+
+
+def test_a_grids_groups_are_reported_apart(tmp_path: Path, cache_dir: Path):
+    runs = tmp_path / "grid" / "runs" / "hapt"
+    for setting, base in (("easy", 0.7), ("hard", 0.4)):
+        config = hapt_config(cache_dir, 0)
+        write_run(runs / setting, "mlecs", 0, config, NODES, 6, score(base, 0))
+    groups = read_source(tmp_path / "grid")
+    assert list(groups) == ["hapt/easy", "hapt/hard"]
+    html = render(groups, tmp_path / "grid")
+    assert "<h2>hapt/easy</h2>" in html and "<h2>hapt/hard</h2>" in html
+    # each group's scores are its own: device 0 scores base + 0 in every round
+    assert cells(html, "0", nth=0)[2] == "0.700"
