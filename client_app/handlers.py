@@ -7,6 +7,7 @@ between messages.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 
 from flwr.app import Context, RecordDict
@@ -14,6 +15,7 @@ from flwr.app import Context, RecordDict
 from client_app.device import Device, DeviceIdentity
 from client_app.local_state import read_device_state, write_device_state
 from common.exchange import GlobalPayload
+from common.profiles import Profile, device_run_config, load_profile, memory_note, mixed_profile
 from common.reproducibility import pin
 from common.settings import RunSettings
 from proto.messages import evaluate_reply, read_instruction, train_reply
@@ -22,6 +24,8 @@ from proto.messages import evaluate_reply, read_instruction, train_reply
 # warm worker run many messages per process).
 _DEVICES: OrderedDict[tuple, Device] = OrderedDict()
 _MAX_DEVICES = 128
+_WARNED: set[str] = set()  # profiles whose memory warning this process has given
+log = logging.getLogger("mlecs.client")
 
 
 def run_train(content: RecordDict, context: Context) -> RecordDict:
@@ -32,6 +36,7 @@ def run_train(content: RecordDict, context: Context) -> RecordDict:
     update = device.train(payload, payload.server_round)
     write_device_state(context, device.settings, device.ident.partition_id, device.local_state())
     update.evaluation = device.evaluate()
+    _check_memory(context)
     return train_reply(update, device.settings.transport.dtype)
 
 
@@ -44,7 +49,7 @@ def run_evaluate(content: RecordDict, context: Context) -> RecordDict:
 
 
 def _open_device(content: RecordDict, context: Context) -> tuple[Device, GlobalPayload]:
-    settings = RunSettings.from_run_config(context.run_config)
+    settings, _ = device_settings(context.run_config, context.node_config)
     pin(settings)
     # Validate everything received against its manifest before touching the model.
     payload = read_instruction(content)
@@ -72,6 +77,43 @@ def _device(settings: RunSettings, ident: DeviceIdentity, reuse: bool) -> Device
         _DEVICES[key] = device
     _DEVICES.move_to_end(key)
     return device
+
+
+def device_settings(run_config: dict, node_config: dict) -> tuple[RunSettings, Profile | None]:
+    """The settings this device runs, and its profile (``common.profiles``).
+
+    The node config's ``profile`` (a SuperNode's ``--profile``) wins; else the
+    run's ``profile-mix`` gives one by partition id; else the run's keys as they are.
+    """
+    settings = RunSettings.from_run_config(run_config)
+    pid = int(node_config.get("partition-id", 0))
+    name = node_config.get("profile") or mixed_profile(settings.profile_mix, pid)
+    if not name:
+        return settings, None
+    profile = load_profile(str(name))
+    m = settings.model
+    defaults = {
+        "model.sensor-encoders": m.sensor_encoders,
+        "model.image-encoders": m.image_encoders,
+        "model.text-encoders": m.text_encoders,
+    }
+    own = device_run_config(run_config, profile, defaults)
+    return RunSettings.from_run_config(own), profile
+
+
+def _check_memory(context: Context) -> None:
+    """Warn once per process when a box's profile says its memory is nearly used.
+
+    Only a SuperNode's own profile counts: in a simulation one process serves many
+    devices, so its peak says nothing about one box.
+    """
+    name = context.node_config.get("profile")
+    if not name or name in _WARNED:
+        return
+    note = memory_note(load_profile(str(name)))
+    if note:
+        _WARNED.add(str(name))
+        log.warning(note)
 
 
 def keep_devices(limit: int) -> None:

@@ -7,6 +7,7 @@ helpers read the files and command-line overrides that feed it, before
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -27,14 +28,19 @@ def flat_toml(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def read_toml_config(path: str) -> dict[str, Any]:
-    """A TOML override file (as ``flwr run --run-config file.toml`` takes) as a flat dict."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's tables, as they nest."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     with open(path, "rb") as f:
-        return flat_toml(tomllib.load(f))
+        return tomllib.load(f)
+
+
+def read_toml_config(path: str) -> dict[str, Any]:
+    """A TOML override file (as ``flwr run --run-config file.toml`` takes) as a flat dict."""
+    return flat_toml(read_toml(path))
 
 
 def parse_value(text: str) -> object:

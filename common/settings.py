@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from common.methods import METHODS, Components
 from common.run_config import ConfigError, describe
@@ -50,6 +50,10 @@ class RunSettings(Section):
     cache_dir: str = ""  # empty = $MLECS_CACHE_DIR or ~/.cache/mlecs-flower
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0)  # torch intra-op threads per process; 0 = torch's default
+    # Device profiles by partition id in a simulation, e.g. "sbc-2gb:2,jetson-orin:1"
+    # (conf/profiles/); empty: every device runs the run's keys. A SuperNode takes
+    # one with its node config "profile" instead.
+    profile_mix: str = ""
     data: DataSettings = DataSettings()
     modality: ModalitySettings = ModalitySettings()
     model: ModelSettings = ModelSettings()
@@ -66,6 +70,14 @@ class RunSettings(Section):
     transport: TransportSettings = TransportSettings()
     dp: DpSettings = DpSettings()
     fedprox: FedproxSettings = FedproxSettings()
+
+    @field_validator("profile_mix")
+    @classmethod
+    def _known_profiles(cls, mix: str) -> str:
+        from common.profiles import parse_mix
+
+        parse_mix(mix)  # a bad entry or name fails before any work starts
+        return mix
 
     @model_validator(mode="after")
     def _resume_needs_name(self) -> RunSettings:

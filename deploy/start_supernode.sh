@@ -11,6 +11,8 @@
 #   --partition-id I        this device's data partition                 [MLECS_PARTITION_ID]
 #   --num-partitions N      number of partitions in the federation       [MLECS_NUM_PARTITIONS]
 #   --modalities LIST       optional: modalities this device holds, e.g. acc,gyro [MLECS_MODALITIES]
+#   --profile NAME          optional: the box's device profile, conf/profiles/NAME.toml
+#                           (e.g. sbc-2gb, sbc-8gb, jetson-orin, phone)  [MLECS_PROFILE]
 #   --state-dir DIR         optional: keep device state on disk so it survives a
 #                           SuperNode restart                            [MLECS_STATE_DIR]
 #   --node-config "k=v .."  optional: more node config (TOML values)     [MLECS_NODE_CONFIG_EXTRA]
@@ -45,6 +47,7 @@ KEY=${MLECS_NODE_KEY:-}
 PARTITION_ID=${MLECS_PARTITION_ID:-}
 NUM_PARTITIONS=${MLECS_NUM_PARTITIONS:-}
 MODALITIES=${MLECS_MODALITIES:-}
+PROFILE=${MLECS_PROFILE:-}
 STATE_DIR=${MLECS_STATE_DIR:-}
 NODE_CONFIG_EXTRA=${MLECS_NODE_CONFIG_EXTRA:-}
 WARM_WORKER=${MLECS_WARM_WORKER:-1}
@@ -62,6 +65,7 @@ while [[ $# -gt 0 ]]; do
         --partition-id) PARTITION_ID=$2; shift 2 ;;
         --num-partitions) NUM_PARTITIONS=$2; shift 2 ;;
         --modalities) MODALITIES=$2; shift 2 ;;
+        --profile) PROFILE=$2; shift 2 ;;
         --state-dir) STATE_DIR=$2; shift 2 ;;
         --node-config) NODE_CONFIG_EXTRA=$2; shift 2 ;;
         --no-warm-worker) WARM_WORKER=0; shift ;;
@@ -93,6 +97,12 @@ node_config="partition-id=$PARTITION_ID num-partitions=$NUM_PARTITIONS"
 if [[ -n "$MODALITIES" ]]; then
     [[ "$MODALITIES" =~ ^[A-Za-z0-9_,[:space:]-]+$ ]] || die "bad --modalities '$MODALITIES'"
     node_config+=" modalities=\"$MODALITIES\""
+fi
+if [[ -n "$PROFILE" ]]; then
+    profiles="$(cd "$(dirname "$0")/.." && pwd)/conf/profiles"
+    [[ "$PROFILE" =~ ^[a-z0-9][a-z0-9-]*$ && -f "$profiles/$PROFILE.toml" ]] \
+        || die "unknown --profile '$PROFILE' (known: $(cd "$profiles" && ls -- *.toml | sed 's/\.toml$//' | tr '\n' ' '))"
+    node_config+=" profile=\"$PROFILE\""
 fi
 if [[ -n "$STATE_DIR" ]]; then
     mkdir -p "$STATE_DIR"

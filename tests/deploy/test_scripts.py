@@ -176,3 +176,27 @@ def test_the_daemons_write_private_files(tmp_path: Path, role: str):
         assert mode(stale_db) == 0o600
     else:
         assert mode(tmp_path / "state") == 0o700
+
+
+def test_a_supernode_takes_a_device_profile_and_refuses_an_unknown_one(tmp_path: Path):
+    certs, bin_dir, argv_file = tmp_path / "certs", tmp_path / "bin", tmp_path / "argv"
+    (certs / "keys").mkdir(parents=True)
+    for name in ("ca.crt", "keys/supernode-0"):
+        (certs / name).write_text("stand-in")
+    stand_in(
+        bin_dir, "flower-supernode", f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {argv_file}\n'
+    )
+    path = [str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]]
+    env = {**os.environ, "PATH": os.pathsep.join(path)}
+    env.pop("MLECS_VENV", None)
+    base = ["bash", str(DEPLOY / "start_supernode.sh"), "--ca", str(certs / "ca.crt")]
+    base += ["--partition-id", "0", "--num-partitions", "2", "--profile"]
+
+    ok = subprocess.run([*base, "sbc-2gb"], env=env, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([*base, "nope"], env=env, capture_output=True, text=True, timeout=60)
+
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    args = argv_file.read_text().splitlines()
+    assert 'profile="sbc-2gb"' in args[args.index("--node-config") + 1]
+    assert bad.returncode != 0
+    assert "unknown --profile 'nope' (known: jetson-orin phone sbc-2gb sbc-8gb" in bad.stderr

@@ -1,0 +1,94 @@
+"""Device profiles (common.profiles): loading, validation, the mix, a federation of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from client_app import handlers
+from client_app.app import app as client_app
+from client_app.handlers import device_settings
+from common.profiles import (
+    DEVICE_KEYS,
+    Profile,
+    load_profile,
+    memory_note,
+    mixed_profile,
+    parse_mix,
+    profile_names,
+)
+from common.run_config import ConfigError
+from common.settings import RunSettings
+from experiments.local_grid import InProcessGrid
+from server_app.run import ServerRun
+
+
+def test_the_shipped_profiles_load_and_set_only_device_keys():
+    names = profile_names()
+    assert {"sbc-2gb", "sbc-8gb", "jetson-orin", "phone"} <= set(names)
+    for name in names:
+        profile = load_profile(name)
+        assert profile.memory_gib > 0 and profile.description
+        assert set(profile.overrides) <= set(DEVICE_KEYS)
+        # every shipped profile fits the default run's encoder families
+        device_settings({}, {"partition-id": 0, "profile": name})
+
+
+def test_a_profile_that_sets_a_shared_key_is_refused_by_name(tmp_path: Path):
+    (tmp_path / "big.toml").write_text('[profile]\nmemory-gib = 4\n[overrides]\n"lora.rank" = 4\n')
+    (tmp_path / "nomem.toml").write_text("[overrides]\nthreads = 1\n")
+    with pytest.raises(ConfigError, match=r"profile 'big' sets \['lora.rank'\]"):
+        load_profile("big", tmp_path)
+    with pytest.raises(ConfigError, match="needs \\[profile\\] memory-gib"):
+        load_profile("nomem", tmp_path)
+    with pytest.raises(ConfigError, match="unknown device profile '../x'"):
+        load_profile("../x", tmp_path)
+
+
+def test_the_mix_cycles_by_weight_and_a_bad_mix_fails_before_any_work():
+    assert parse_mix("sbc-2gb:2, phone:1") == ["sbc-2gb", "sbc-2gb", "phone"]
+    assert [mixed_profile("sbc-2gb:2,phone:1", p) for p in range(4)] == [
+        "sbc-2gb", "sbc-2gb", "phone", "sbc-2gb",
+    ]  # fmt: skip
+    assert mixed_profile("", 3) is None
+    for bad, named in (("phone:0", "WEIGHT >= 1"), ("phone", "NAME:WEIGHT"), ("x:1", "'x'")):
+        with pytest.raises(ConfigError, match=named):
+            RunSettings.from_run_config({"profile-mix": bad})
+
+
+def test_a_node_profile_wins_over_the_mix_and_may_only_narrow_an_encoder_family():
+    run = {"profile-mix": "sbc-8gb:1", "train.batch-size": 32}
+    settings, profile = device_settings(run, {"partition-id": 0, "profile": "phone"})
+    assert profile.name == "phone" and settings.train.batch_size == 8
+    assert settings.model.sensor_encoders == ("mlp", "gru")
+    settings, profile = device_settings(run, {"partition-id": 5})
+    assert profile.name == "sbc-8gb" and settings.train.batch_size == 16
+    settings, profile = device_settings({"train.batch-size": 32}, {"partition-id": 0})
+    assert profile is None and settings.train.batch_size == 32
+    with pytest.raises(ConfigError, match="outside the run's family \\['gru'\\]"):
+        device_settings({"model.sensor-encoders": "gru"}, {"partition-id": 0, "profile": "phone"})
+
+
+def test_the_memory_note_speaks_only_past_its_share_of_the_box():
+    assert memory_note(Profile("huge", "", 10_000.0)) is None
+    note = memory_note(Profile("tiny", "", 0.001))
+    assert note and "'tiny'" in note and "0.001 GiB" in note
+
+
+def test_a_federation_of_mixed_profiles_trains_each_device_as_its_box(tiny_config):
+    config = {**tiny_config, "profile-mix": "sbc-8gb:1,jetson-orin:1", "run-name": "mix"}
+    handlers._DEVICES.clear()
+    threads = torch.get_num_threads()
+    try:
+        summary = ServerRun(RunSettings.from_run_config(config)).run(
+            InProcessGrid(client_app, config, 2)
+        )
+    finally:
+        torch.set_num_threads(threads)  # the profiles' threads must not leak into later tests
+    assert summary["rounds"] == config["num-server-rounds"]
+    built = {d.ident.partition_id: d.settings for d in handlers._DEVICES.values()}
+    assert built[0].train.batch_size == 16 and built[0].threads == 4  # sbc-8gb
+    assert built[0].model.sensor_encoders == ("mlp", "cnn1d")
+    assert built[1].train.batch_size == 8 and built[1].threads == 6  # jetson-orin, TINY's batch
