@@ -216,8 +216,11 @@ def start_federation(
     node_env: dict,
     connection: str = "mlecs-loopback",
     edge_connection: str = "mlecs-edge",
+    profiles: dict[int, str] | None = None,
 ) -> dict:
     """Certificates, SuperLink (TLS + node auth), Fleet proxy, keys, ``num_nodes`` SuperNodes.
+
+    ``profiles`` gives SuperNode ``i`` the device profile ``profiles[i]`` (``--profile``).
 
     Returns the addresses and paths the caller needs: ``ca``, ``certs``,
     ``address`` (the SuperLink, operator only), ``edge`` (the proxy, for edge
@@ -277,6 +280,7 @@ def start_federation(
                 *("--superlink", edge, "--ca", ca, "--key", certs / "keys" / f"supernode-{i}"),
                 *("--port", node_ports[i], "--partition-id", i, "--num-partitions", num_nodes),
                 *("--pid-file", tmp / f"supernode-{i}.pid"),
+                *(("--profile", profiles[i]) if i in (profiles or {}) else ()),
             ),
             env=node_env,
         )

@@ -41,13 +41,18 @@ from deploy.loopback import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 NUM_NODES = 3
+# Two boxes of different kinds, one with the run's keys: every run here exercises the
+# profile path (node config -> the ClientApp loading conf/profiles/ from the app bundle).
+PROFILES = {0: "sbc-2gb", 1: "phone"}
 CONNECTION = "mlecs-test"  # the SuperLink's own port: Control API (operator)
 EDGE_CONNECTION = "mlecs-edge"  # the Fleet proxy: what edge boxes reach
 RUN_NAME = "deploy-test"
 # Four rounds: a SuperNode is killed in round 1 and must take part in a later round.
 # (The SuperLink may refuse its restart with 305 for about a minute, so the node can
 # miss round 2 or 3 as well: the test asserts it is back by the end, not when.)
-ROUND_TIMEOUT = 60
+# 90 s: round 1 also starts each node's worker and builds its device, and the profiled
+# nodes train their profile's steps; 60 s was missed once on a fully loaded 2-core box.
+ROUND_TIMEOUT = 90
 VICTIM = 2  # partition id of the SuperNode that is killed
 TINY = (
     "num-server-rounds=4 data.max-train-per-client=24 data.max-test-per-client=8 "
@@ -60,13 +65,18 @@ TINY = (
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory):
-    """Certs, SuperLink (TLS + node auth), Fleet proxy, three keys, three SuperNodes."""
+    """Certs, SuperLink (TLS + node auth), Fleet proxy, three keys, three SuperNodes.
+
+    SuperNodes 0 and 1 run the device profiles of :data:`PROFILES`.
+    """
     tmp = tmp_path_factory.mktemp("deploy")
     (tmp / "logs").mkdir()
     env, node_env = loopback_env(tmp)
     procs = Processes(env, tmp, tmp / "logs")
     try:
-        fed = start_federation(procs, tmp, NUM_NODES, node_env, CONNECTION, EDGE_CONNECTION)
+        fed = start_federation(
+            procs, tmp, NUM_NODES, node_env, CONNECTION, EDGE_CONNECTION, PROFILES
+        )
         yield {**fed, "tmp": tmp, "env": env, "node_env": node_env, "procs": procs}
     finally:
         procs.stop_all()
