@@ -48,6 +48,7 @@ from common.model.state import (
     shared_state,
 )
 from common.settings import RunSettings
+from common.lora_ranks import truncate_ranks
 from common.state import ENC_LORA, State, prefixed, subtract
 
 
@@ -101,7 +102,8 @@ class Device:
             load_local_state(self.model, local)
             self.trainer.load_state(local)
         if self.settings.components.federated and payload.state:
-            load_shared_state(self.model, payload.state)
+            # The run's adapter, cut to this device's LoRA rank (a profile may lower it).
+            load_shared_state(self.model, truncate_ranks(payload.state, self.settings.lora.rank))
 
     def shared_state(self) -> State:
         """The state this device shares: the shared low-rank adapters (FedSA: their A)."""

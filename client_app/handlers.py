@@ -91,11 +91,14 @@ def device_settings(run_config: dict, node_config: dict) -> tuple[RunSettings, P
     if not name:
         return settings, None
     profile = load_profile(str(name))
-    m = settings.model
+    m, lora = settings.model, settings.lora
     defaults = {
         "model.sensor-encoders": m.sensor_encoders,
         "model.image-encoders": m.image_encoders,
         "model.text-encoders": m.text_encoders,
+        "lora.rank": lora.rank,
+        "lora.alpha": lora.alpha,
+        "lora.profile-ranks": lora.profile_ranks,
     }
     own = device_run_config(run_config, profile, defaults)
     return RunSettings.from_run_config(own), profile

@@ -2,12 +2,15 @@
 
 A profile names a kind of box (a 2 GB single-board computer, a phone, a Jetson)
 and the run-config keys its device uses instead of the run's: batch size, local
-steps, torch threads and which encoders of the run's families it builds. A
+steps, torch threads, which encoders of the run's families it builds and the
+rank of its backbone LoRA. A
 SuperNode takes one with ``--profile`` (node config ``profile``); a simulation
 assigns them by ``profile-mix``. Only device-local keys may differ: everything
 the devices exchange keeps the run's shape, so a profile may narrow an encoder
 family to some of the run's encoders but never add one (the cloud keeps
-adapters only for the run's families). The box's memory is recorded, and a
+adapters only for the run's families), and may lower the LoRA rank but never
+raise it above the run's ``lora.rank`` (the federation's rank; see
+``common.lora_ranks`` for how ranks meet). The box's memory is recorded, and a
 device whose process peaks above :data:`MEMORY_WARN_SHARE` of it says so.
 """
 
@@ -19,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.lora_ranks import device_alpha
 from common.run_config import ConfigError, read_toml
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "conf" / "profiles"
 ENCODER_KEYS = ("model.sensor-encoders", "model.image-encoders", "model.text-encoders")
-DEVICE_KEYS = ("train.batch-size", "train.steps", "threads", *ENCODER_KEYS)
+RANK_KEY = "lora.rank"
+DEVICE_KEYS = ("train.batch-size", "train.steps", "threads", *ENCODER_KEYS, RANK_KEY)
 MEMORY_WARN_SHARE = 0.75
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
@@ -71,42 +76,70 @@ def load_profile(name: str, folder: Path = PROFILE_DIR) -> Profile:
 def device_run_config(run_config: dict, profile: Profile, defaults: dict) -> dict:
     """``run_config`` as this profile's device uses it.
 
+    A profile's ``lora.rank`` comes with the alpha that keeps the run's
+    ``alpha / rank`` (``common.lora_ranks.device_alpha``); with the run's
+    ``lora.profile-ranks = false`` it is ignored and the device keeps the run's rank.
+
     Parameters
     ----------
     defaults : dict
-        The run's value of each encoder key when ``run_config`` leaves it out.
+        The run's value of each encoder key, ``lora.rank``, ``lora.alpha`` and
+        ``lora.profile-ranks`` when ``run_config`` leaves it out.
 
     Raises
     ------
     ConfigError
-        When the profile asks for an encoder outside the run's family.
+        When the profile asks for an encoder outside the run's family, or a
+        LoRA rank above the run's.
     """
+    run = {**defaults, **run_config}
     for key in ENCODER_KEYS:
         if key in profile.overrides:
-            family = _names(run_config.get(key, defaults[key]))
+            family = _names(run[key])
             extra = [e for e in _names(profile.overrides[key]) if e not in family]
             if extra:
                 raise ConfigError(
                     f"profile {profile.name!r} asks for {key} {extra}, outside the run's "
                     f"family {family}: a profile may only narrow it"
                 )
-    return {**run_config, **profile.overrides}
+    overrides = dict(profile.overrides)
+    rank = overrides.pop(RANK_KEY, None)
+    check_rank(profile, int(run[RANK_KEY]))
+    if rank is not None and run["lora.profile-ranks"]:
+        alpha = device_alpha(float(run["lora.alpha"]), int(rank), int(run[RANK_KEY]))
+        overrides.update({RANK_KEY: int(rank), "lora.alpha": alpha})
+    # The mix has done its work: the device's settings are its own profile's, and the
+    # other profiles' ranks are no longer checked against this device's rank.
+    return {**run_config, **overrides, "profile-mix": ""}
 
 
-def parse_mix(mix: str, folder: Path = PROFILE_DIR) -> list[str]:
+def check_rank(profile: Profile, run_rank: int) -> None:
+    """Raise :class:`ConfigError` if ``profile`` sets a LoRA rank above ``run_rank`` or below 1."""
+    rank = profile.overrides.get(RANK_KEY)
+    if rank is not None and not (isinstance(rank, int) and 1 <= rank <= run_rank):
+        raise ConfigError(
+            f"profile {profile.name!r} sets lora.rank = {rank!r}: a profile may lower the "
+            f"run's lora.rank ({run_rank}) to a whole number >= 1, never raise it"
+        )
+
+
+def parse_mix(mix: str, folder: Path = PROFILE_DIR, run_rank: int | None = None) -> list[str]:
     """``"sbc-2gb:2,jetson-orin:1"`` -> the cycle ``[sbc-2gb, sbc-2gb, jetson-orin]``.
 
     Raises
     ------
     ConfigError
-        On a malformed entry, a weight below 1 or an unknown profile.
+        On a malformed entry, a weight below 1, an unknown profile or (given
+        ``run_rank``) a profile's LoRA rank above it.
     """
     cycle: list[str] = []
     for entry in (e.strip() for e in mix.split(",") if e.strip()):
         name, _, weight = entry.partition(":")
         if not weight.strip().isdigit() or int(weight) < 1:
             raise ConfigError(f"profile-mix entry {entry!r}: expected NAME:WEIGHT, WEIGHT >= 1")
-        load_profile(name.strip(), folder)  # fail before any work on a bad name
+        profile = load_profile(name.strip(), folder)  # fail before any work on a bad name
+        if run_rank is not None:
+            check_rank(profile, run_rank)
         cycle += [name.strip()] * int(weight)
     return cycle
 

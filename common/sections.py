@@ -132,8 +132,14 @@ class ModelSettings(Section):
 class LoraSettings(Section):
     """Shared (federated) and private (on-device) LoRA adapters."""
 
+    # The federation's rank of the shared backbone LoRA; a device profile may lower
+    # its own (common.lora_ranks), unless profile_ranks is false.
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
+    profile_ranks: bool = True
+    # How devices of different ranks meet (common.lora_ranks): each rank component
+    # as the mean of the devices holding it, or zero-padded FedAvg (HetLoRA's padding).
+    rank_aggregation: Literal["holders", "zero-pad"] = "holders"
     private_rank: int = Field(8, ge=1)
     private_alpha: float = Field(16.0, gt=0)
     # Encoders' low-rank adapters, shared by devices with the same encoder kind

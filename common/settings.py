@@ -71,13 +71,13 @@ class RunSettings(Section):
     dp: DpSettings = DpSettings()
     fedprox: FedproxSettings = FedproxSettings()
 
-    @field_validator("profile_mix")
-    @classmethod
-    def _known_profiles(cls, mix: str) -> str:
+    @model_validator(mode="after")
+    def _known_profiles(self) -> RunSettings:
         from common.profiles import parse_mix
 
-        parse_mix(mix)  # a bad entry or name fails before any work starts
-        return mix
+        # A bad entry, name or LoRA rank fails before any work starts.
+        parse_mix(self.profile_mix, run_rank=self.lora.rank if self.lora.profile_ranks else None)
+        return self
 
     @model_validator(mode="after")
     def _resume_needs_name(self) -> RunSettings:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.exchange import DeviceUpdate
+from common.lora_ranks import fits_rank, rank_axis
 from common.state import ENC_LORA, SHARED_PREFIXES, State, group_of, nbytes
 
 
@@ -28,6 +29,10 @@ class Contribution:
         Present-sample count per held modality.
     rep_ids, reps : numpy.ndarray
         ``(N,)`` public ids and ``(N, F)`` fused representations.
+    rank : int, optional
+        The rank of the device's backbone LoRA when it is below the run's (its
+        ``lora/`` deltas were zero-padded to the run's rank, see
+        ``common.lora_ranks``); None at the run's rank.
     """
 
     node_id: int
@@ -37,6 +42,7 @@ class Contribution:
     modality_counts: dict[str, int]
     rep_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     reps: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    rank: int | None = None
 
     @classmethod
     def from_update(cls, node_id: int, update: DeviceUpdate) -> Contribution:
@@ -94,10 +100,13 @@ def check_contribution(
         arr = np.asarray(value)
         if arr.dtype not in (np.float32, np.float16):
             problems.append(f"'{key}' has dtype {arr.dtype}, expected float32/float16")
-        elif arr.shape != np.asarray(ref).shape:
-            problems.append(f"'{key}' has shape {arr.shape}, expected {np.asarray(ref).shape}")
+        elif not fits_rank(key, arr.shape, np.shape(ref)):
+            problems.append(f"'{key}' has shape {arr.shape}, expected {np.shape(ref)}")
         elif not np.isfinite(arr).all():
             problems.append(f"'{key}' has non-finite values")
+    ranks = {np.shape(v)[rank_axis(k)] for k, v in c.delta.items() if rank_axis(k) is not None}
+    if len(ranks) > 1:
+        problems.append(f"backbone LoRA arrays of several ranks {sorted(ranks)}")
     problems.extend(_check_reps(c, fused_dim, public_ids))
     return problems
 

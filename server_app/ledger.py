@@ -53,6 +53,22 @@ class Ledger:
         row["manifests"] += small_bytes(content, manifests=True)
         row["metrics"] += small_bytes(content, manifests=False)
 
+    def by_device(self, partitions: dict[int, int]) -> dict[str, dict[str, int]]:
+        """Node id -> that device's bytes this round: up, down, and its backbone LoRA's each way.
+
+        ``partitions`` maps node ids to partition ids (added where known).
+        """
+        out: dict[str, dict[str, int]] = {}
+        for node, row in sorted(self.round.items()):
+            up = sum(row[f"{k}_up"] for k in ("lora", "prompt", "encoder", "reps"))
+            down = sum(row[f"{k}_down"] for k in ("lora", "prompt", "encoder", "reps"))
+            entry = {"up": up + row["metrics"] + row["manifests"], "down": down}
+            entry.update(lora_up=row["lora_up"], lora_down=row["lora_down"])
+            if node in partitions:
+                entry["partition_id"] = partitions[node]
+            out[str(node)] = entry
+        return out
+
     def summary(self, edge_param_bytes: int) -> dict[str, float]:
         """Mean bytes per device this round, by kind, and the ratio to the model.
 

@@ -94,6 +94,7 @@ def round_record(result: RoundResult, server: dict[str, float]) -> dict[str, Any
     record.update(
         seconds=result.seconds,
         comm=result.comm,
+        comm_by_device=result.comm_by_device,
         aggregation=result.aggregation(),
         clients={str(n): m for n, m in clients.items()},
         clients_global={str(n): m for n, m in result.clients_global.items()},

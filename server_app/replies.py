@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from logging import WARNING
 
 import numpy as np
 from flwr.app import Message
+from flwr.common import log
 
 from common.exchange import DeviceUpdate
+from common.lora_ranks import pad_ranks, state_rank
 from common.settings import RunSettings
 from common.state import State
 from proto.messages import PayloadError, read_train_reply
@@ -87,4 +90,24 @@ def check_reply(
         and not np.array_equal(np.sort(contrib.rep_ids), np.sort(known))
     ):
         problems.append("representations for public ids outside the device's share")
-    return "; ".join(problems) if problems else (contrib, update)
+    if problems:
+        return "; ".join(problems)
+    # A device of a lower LoRA rank: its delta, zero-padded to the run's rank.
+    padded, rank = pad_ranks(contrib.delta, work.reference)
+    contrib.delta = padded
+    contrib.rank = rank if rank != state_rank(work.reference) else None
+    return contrib, update
+
+
+def enough(accepted: list[Contribution], min_nodes: int, n: int) -> list[Contribution]:
+    """``accepted``, or none when fewer than ``min_nodes`` (round ``n`` skips aggregation)."""
+    if len(accepted) >= min_nodes:
+        return accepted
+    log(
+        WARNING,
+        "round %s: aggregation skipped: %d updates accepted (strategy.min-nodes = %d)",
+        n,
+        len(accepted),
+        min_nodes,
+    )
+    return []

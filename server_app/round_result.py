@@ -36,6 +36,8 @@ class RoundResult:
         each loss term and each term's gradient share.
     comm : dict of str to float
         The communication ledger's summary (bytes per device by kind, ratio).
+    comm_by_device : dict of str to dict
+        Node id -> that device's own bytes (up, down, backbone LoRA each way).
     privacy : dict of str to float
         Central DP of the shared update: devices clipped, noise std, cumulative epsilon.
     repeated_notes : int
@@ -53,6 +55,7 @@ class RoundResult:
     clients_global: dict[int, dict[str, float]] = field(default_factory=dict)
     training: dict[int, dict[str, float]] = field(default_factory=dict)
     comm: dict[str, float] = field(default_factory=dict)
+    comm_by_device: dict[str, dict[str, int]] = field(default_factory=dict)
     privacy: dict[str, float] = field(default_factory=dict)
     repeated_notes: int = 0
 

@@ -14,6 +14,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common.exchange import DeviceUpdate
+from common.lora_ranks import mean_over_holders, truncate_ranks
 from common.settings import RunSettings
 from common.state import State, as_float32
 from proto.messages import (
@@ -37,7 +38,7 @@ from server_app.contribution import Contribution
 from server_app.ledger import Ledger
 from server_app.notes import NodeNotes
 from server_app.privacy import CentralDp
-from server_app.replies import RoundWork, check_reply
+from server_app.replies import RoundWork, check_reply, enough
 from server_app.round_result import RoundResult
 from server_app.sampling import sample_devices
 
@@ -74,6 +75,7 @@ class MlEcsStrategy(FedAvg):
             anchors=np.zeros((0, settings.model.fused_dim), np.float32)
         )
         self._node_partition: dict[int, int] = {}
+        self._node_rank: dict[int, int | None] = {}  # a device's LoRA rank below the run's
         self._round: RoundWork | None = None
         self._offset = 0  # rounds completed before this start() (a resumed run)
         self._dp: CentralDp | None = None  # central DP, built at the first private release
@@ -99,6 +101,7 @@ class MlEcsStrategy(FedAvg):
             raise RuntimeError("finish_round() called before any round started")
         work.result.seconds = round(time.time() - work.started, 2)
         work.result.comm = self.ledger.summary(self.edge_param_bytes)
+        work.result.comm_by_device = self.ledger.by_device(self._node_partition)
         work.result.repeated_notes = self.notes.repeated
         self._snapshot.server_round = work.result.server_round
         return work.result
@@ -120,15 +123,22 @@ class MlEcsStrategy(FedAvg):
         nodes = sample_devices(
             grid, st.fraction_train, st.min_nodes, st.round_timeout, n, seed=self.settings.seed
         )
-        dtype = self.settings.transport.dtype
-        packed = pack_global(work.reference, dtype)
+        dtype, packs = self.settings.transport.dtype, {}
         self._fill_anchors()
         protos = self._prototypes()
         for node in nodes:
+            packed = self._pack_for(node, work.reference, packs)
             content = instruction(packed, config, self._anchors_for(node), dtype, protos)
             work.sent.append(Message(content, message_type=MessageType.TRAIN, dst_node_id=node))
             self.ledger.add_down(node, content)
         return work.sent
+
+    def _pack_for(self, node: int, state: State, packs: dict) -> PackedState:
+        """``state`` as ``node`` takes it: cut to its LoRA rank once known, packed once per rank."""
+        rank = self._node_rank.get(node)
+        if rank not in packs:
+            packs[rank] = pack_global(truncate_ranks(state, rank), self.settings.transport.dtype)
+        return packs[rank]
 
     def _prototypes(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The cloud's class prototypes (SE-CCL with ``seccl.prototype-weight`` > 0), or None.
@@ -182,7 +192,7 @@ class MlEcsStrategy(FedAvg):
         assert work is not None, "aggregate_train before configure_train"
         n = self.round_number(server_round)
         accepted = self._accept(work, list(replies), n)
-        accepted = self._enough(accepted, n)
+        accepted = enough(accepted, self.settings.strategy.min_nodes, n)
         new_state = self._aggregate(accepted, work.reference, n)
         cons_ids, cons = self._consensus(accepted, n)
         new_state = self._cloud_step(new_state, cons_ids, cons, n)
@@ -234,6 +244,7 @@ class MlEcsStrategy(FedAvg):
         if len(contrib.rep_ids):
             self._snapshot.public_ids[update.partition_id] = contrib.rep_ids
         self._node_partition[node] = update.partition_id
+        self._node_rank[node] = contrib.rank  # what it is sent from now on
 
     def _report_absent(self, work: RoundWork, replies: list[Message], n: int) -> None:
         """Log the rejected replies; record and log the nodes that did not answer."""
@@ -243,20 +254,6 @@ class MlEcsStrategy(FedAvg):
         missing = result.missing = work.missing(replies)
         if missing:
             log(WARNING, "round %s: no reply from nodes %s within the round timeout", n, missing)
-
-    def _enough(self, accepted: list[Contribution], n: int) -> list[Contribution]:
-        """``accepted``, or none when fewer than ``strategy.min-nodes`` (no aggregation)."""
-        min_nodes = self.settings.strategy.min_nodes
-        if len(accepted) >= min_nodes:
-            return accepted
-        log(
-            WARNING,
-            "round %s: aggregation skipped: %d updates accepted (strategy.min-nodes = %d)",
-            n,
-            len(accepted),
-            min_nodes,
-        )
-        return []
 
     def _aggregate(self, accepted: list[Contribution], reference: State, n: int) -> State:
         """The next global state: ``reference`` plus the aggregate of the accepted deltas.
@@ -273,6 +270,8 @@ class MlEcsStrategy(FedAvg):
             final = np.full(len(accepted), 1 / len(accepted))
         else:
             delta, final = self._mma(accepted, n)
+            if s.lora.rank_aggregation == "holders":
+                delta = mean_over_holders(delta, [c.rank for c in accepted], final)
         result.weights = {str(c.node_id): round(float(w), 4) for c, w in zip(accepted, final)}
         return {
             k: (v + delta[k]).astype(np.float32) if k in delta else v for k, v in reference.items()
@@ -361,10 +360,9 @@ class MlEcsStrategy(FedAvg):
         if not nodes:
             return []
         config[SERVER_ROUND] = n
-        packed: PackedState = pack_global(from_record(arrays), s.transport.dtype)
-        messages = []
+        state, packs, messages = from_record(arrays), {}, []
         for node in nodes:
-            content = instruction(packed, config)
+            content = instruction(self._pack_for(node, state, packs), config)
             messages.append(Message(content, message_type=MessageType.EVALUATE, dst_node_id=node))
             self.ledger.add_down(node, content)
         return messages

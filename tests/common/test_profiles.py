@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,9 @@ def test_the_shipped_profiles_load_and_set_only_device_keys():
 
 
 def test_a_profile_that_sets_a_shared_key_is_refused_by_name(tmp_path: Path):
-    (tmp_path / "big.toml").write_text('[profile]\nmemory-gib = 4\n[overrides]\n"lora.rank" = 4\n')
+    (tmp_path / "big.toml").write_text('[profile]\nmemory-gib = 4\n[overrides]\n"lora.alpha" = 4\n')
     (tmp_path / "nomem.toml").write_text("[overrides]\nthreads = 1\n")
-    with pytest.raises(ConfigError, match=r"profile 'big' sets \['lora.rank'\]"):
+    with pytest.raises(ConfigError, match=r"profile 'big' sets \['lora.alpha'\]"):
         load_profile("big", tmp_path)
     with pytest.raises(ConfigError, match="needs \\[profile\\] memory-gib"):
         load_profile("nomem", tmp_path)
@@ -71,6 +72,24 @@ def test_a_node_profile_wins_over_the_mix_and_may_only_narrow_an_encoder_family(
         device_settings({"model.sensor-encoders": "gru"}, {"partition-id": 0, "profile": "phone"})
 
 
+def test_a_profile_lowers_the_lora_rank_with_the_runs_alpha_per_rank():
+    settings, _ = device_settings({}, {"partition-id": 0, "profile": "phone"})
+    assert settings.lora.rank == 4 and settings.lora.alpha == 8.0  # 16 / 8 per component
+    settings, _ = device_settings({"lora.rank": 16, "lora.alpha": 32.0}, {"profile": "sbc-2gb"})
+    assert settings.lora.rank == 2 and settings.lora.alpha == 4.0
+    assert settings.profile_mix == ""  # applied: other profiles no longer bind this device
+    off = {"lora.profile-ranks": False}
+    settings, _ = device_settings(off, {"partition-id": 0, "profile": "sbc-2gb"})
+    assert settings.lora.rank == 8 and settings.lora.alpha == 16.0
+    assert settings.train.batch_size == 8  # the rest of the profile still applies
+    # a rank above the run's fails before any work, for the mix and for a node's profile
+    with pytest.raises(ConfigError, match=r"lora.rank = 2: a profile may lower the run's"):
+        RunSettings.from_run_config({"profile-mix": "sbc-2gb:1", "lora.rank": 1})
+    RunSettings.from_run_config({"profile-mix": "sbc-2gb:1", "lora.rank": 1, **off})
+    with pytest.raises(ConfigError, match="never raise it"):
+        device_settings({"lora.rank": 1}, {"partition-id": 0, "profile": "phone"})
+
+
 def test_the_memory_note_speaks_only_past_its_share_of_the_box():
     assert memory_note(Profile("huge", "", 10_000.0)) is None
     note = memory_note(Profile("tiny", "", 0.001))
@@ -78,12 +97,12 @@ def test_the_memory_note_speaks_only_past_its_share_of_the_box():
 
 
 def test_a_federation_of_mixed_profiles_trains_each_device_as_its_box(tiny_config):
-    config = {**tiny_config, "profile-mix": "sbc-8gb:1,jetson-orin:1", "run-name": "mix"}
+    config = {**tiny_config, "profile-mix": "sbc-8gb:1,jetson-orin:1,phone:1", "run-name": "mix"}
     handlers._DEVICES.clear()
     threads = torch.get_num_threads()
     try:
         summary = ServerRun(RunSettings.from_run_config(config)).run(
-            InProcessGrid(client_app, config, 2)
+            InProcessGrid(client_app, config, 3)
         )
     finally:
         torch.set_num_threads(threads)  # the profiles' threads must not leak into later tests
@@ -92,3 +111,15 @@ def test_a_federation_of_mixed_profiles_trains_each_device_as_its_box(tiny_confi
     assert built[0].train.batch_size == 16 and built[0].threads == 4  # sbc-8gb
     assert built[0].model.sensor_encoders == ("mlp", "cnn1d")
     assert built[1].train.batch_size == 8 and built[1].threads == 6  # jetson-orin, TINY's batch
+    assert built[2].lora.rank == 4 and built[0].lora.rank == built[1].lora.rank == 8  # phone
+    # each device's adapter bytes follow its rank, up and (once its rank is known) down,
+    # up to each array's fixed header (a few dozen bytes; many at this tiny size)
+    lines = (Path(config["output-dir"]) / "mix" / "rounds.jsonl").read_text().splitlines()
+    rounds = [json.loads(line) for line in lines]
+    for record in rounds:
+        by_node = {d["partition_id"]: d for d in record["comm_by_device"].values()}
+        assert by_node[0]["lora_up"] == by_node[1]["lora_up"]
+        assert 1.8 < by_node[0]["lora_up"] / by_node[2]["lora_up"] < 2.0
+    first, last = ({d["partition_id"]: d for d in r["comm_by_device"].values()} for r in rounds)
+    assert first[2]["lora_down"] == first[0]["lora_down"]  # rank not known yet: all of it
+    assert 1.8 < last[0]["lora_down"] / last[2]["lora_down"] < 2.0

@@ -228,6 +228,11 @@ def test_run_survives_a_killed_supernode(deployment):
     assert rejoined, [sorted(r["training"]) for r in rounds]
     assert rejoined[-1]["aggregation"]["accepted"] == NUM_NODES, rejoined[-1]["aggregation"]
     assert last["aggregation"]["accepted"] >= 2, last["aggregation"]
+    # Two LoRA ranks from the profiles (sbc-2gb 2, phone 4) beside the run's 8, in one
+    # run: each device's adapter upload follows its rank.
+    by_device = rejoined[-1]["comm_by_device"].values()
+    up = {d["partition_id"]: d["lora_up"] for d in by_device if "partition_id" in d}
+    assert up[0] < up[1] < up[VICTIM] and up[VICTIM] > 3 * up[0], up
     # Every SuperNode's messages went to its warm worker (start_supernode.sh's default).
     workers = list((tmp / "xdg-runtime").glob("mlecs-worker-*/*.log"))
     assert len(workers) >= NUM_NODES, workers

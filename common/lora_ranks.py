@@ -1,0 +1,154 @@
+"""Heterogeneous LoRA ranks: a device's slice of the federation's adapter, and back.
+
+The federation's shared backbone adapter has the run's rank ``R`` (``lora.rank``).
+A device whose profile sets a lower rank ``r`` builds its adapter with rank ``r``
+and ``alpha_r = alpha * r / R``, so that every rank has the same scaling
+``alpha / R`` and its adapter is the global one restricted to the first ``r``
+components: ``(alpha / R) B[:, :r] A[:r]`` (HetLoRA's truncation).
+
+The server zero-pads a rank-``r`` delta to ``R`` and, after the weighted mean,
+divides each component ``j`` by the weight of the devices that hold it
+(``coverage``): a component is the mean of its holders' updates, not shrunk by the
+devices that cannot hold it. With one rank for every device the coverage is 1
+everywhere and this is plain FedAvg of the factors.
+
+The shared adapters built with ``lora.rank`` may differ in rank: the backbone's
+LoRA (``lora/`` keys) and the prompt map's low-rank update (``prompt/``); the
+encoder adapters keep the run's ``lora.encoder-rank``. ``lora_A`` is ``(r, in)``,
+``lora_B`` is ``(out, r)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.state import SHARED_PREFIXES, State
+
+
+def rank_axis(key: str) -> int | None:
+    """The rank axis of a shared adapter's array (0 for ``lora_A``, 1 for ``lora_B``), else None.
+
+    The shared adapters of a rank are the backbone's (``lora/``) and the prompt
+    map's (``prompt/``), both built with ``lora.rank``.
+    """
+    if not key.startswith(SHARED_PREFIXES):
+        return None
+    if "lora_A" in key:
+        return 0
+    return 1 if "lora_B" in key else None
+
+
+def device_alpha(alpha: float, rank: int, run_rank: int) -> float:
+    """``alpha * rank / run_rank``: the LoRA alpha that keeps the run's ``alpha / R``."""
+    return alpha * rank / run_rank
+
+
+def state_rank(state: State) -> int | None:
+    """The rank of the shared adapters of ``state`` (None without them)."""
+    for key, value in state.items():
+        axis = rank_axis(key)
+        if axis is not None:
+            return int(np.shape(value)[axis])
+    return None
+
+
+def truncate_ranks(state: State, rank: int | None) -> State:
+    """``state`` with every shared adapter array cut to its first ``rank`` components.
+
+    Arrays of lower rank, and every other key, are returned as they are; ``None``
+    keeps everything.
+    """
+    if rank is None:
+        return state
+    out: State = {}
+    for key, value in state.items():
+        axis = rank_axis(key)
+        if axis is None or np.shape(value)[axis] <= rank:
+            out[key] = value
+        else:
+            out[key] = np.asarray(value)[:rank] if axis == 0 else np.asarray(value)[:, :rank]
+    return out
+
+
+def fits_rank(key: str, shape: tuple[int, ...], reference: tuple[int, ...]) -> bool:
+    """Whether an array of ``shape`` fits the reference's: equal, or a lower rank of an adapter key."""
+    if tuple(shape) == tuple(reference):
+        return True
+    axis = rank_axis(key)
+    if axis is None or len(shape) != 2 or len(reference) != 2:
+        return False
+    other = 1 - axis
+    return shape[other] == reference[other] and 1 <= shape[axis] < reference[axis]
+
+
+def pad_ranks(delta: State, reference: State) -> tuple[State, int | None]:
+    """A delta zero-padded to the reference's ranks, and the rank it came with.
+
+    Raises
+    ------
+    ValueError
+        If the adapter arrays of ``delta`` do not share one rank (a checked
+        contribution always does).
+    """
+    ranks = {int(np.shape(v)[rank_axis(k)]) for k, v in delta.items() if rank_axis(k) is not None}
+    if len(ranks) > 1:
+        raise ValueError(f"lora arrays of several ranks {sorted(ranks)} in one delta")
+    rank = ranks.pop() if ranks else None
+    out: State = {}
+    for key, value in delta.items():
+        axis, full = rank_axis(key), np.shape(reference.get(key, value))
+        if axis is None or np.shape(value) == full:
+            out[key] = value
+            continue
+        padded = np.zeros(full, np.asarray(value).dtype)
+        if axis == 0:
+            padded[: np.shape(value)[0]] = value
+        else:
+            padded[:, : np.shape(value)[1]] = value
+        out[key] = padded
+    return out, rank
+
+
+def coverage(ranks: list[int | None], weights: np.ndarray, full_rank: int) -> np.ndarray:
+    """``(R,)``: per component ``j``, the total weight of the devices holding it (``r_i > j``).
+
+    A device without a rank (``None``) holds every component.
+    """
+    r = np.array([full_rank if x is None else x for x in ranks])
+    held = np.arange(full_rank)[None, :] < r[:, None]  # (n, R)
+    return np.asarray(weights, np.float64) @ held
+
+
+def renormalise(delta: State, cover: np.ndarray) -> State:
+    """Each rank component of an aggregated delta divided by its coverage.
+
+    Components nobody holds (coverage 0) stay 0.
+    """
+    safe = np.where(cover > 0, cover, 1.0)
+    out: State = {}
+    for key, value in delta.items():
+        axis = rank_axis(key)
+        if axis is None:
+            out[key] = value
+            continue
+        scale = safe[:, None] if axis == 0 else safe[None, :]
+        out[key] = (np.asarray(value, np.float64) / scale).astype(np.asarray(value).dtype)
+    return out
+
+
+def mean_over_holders(delta: State, ranks: list[int | None], weights: np.ndarray) -> State:
+    """An aggregated delta (weighted sum of zero-padded deltas) as each component's holders' mean.
+
+    Parameters
+    ----------
+    delta : State
+        ``sum_i w_i delta_i`` over the devices, their adapter arrays padded to the run's rank.
+    ranks : list of int or None
+        Each device's rank (None: the run's).
+    weights : numpy.ndarray
+        ``(n,)`` the devices' final weights ``w_i`` (summing to 1).
+    """
+    full = state_rank(delta)
+    if full is None or all(r is None for r in ranks):
+        return delta  # one rank for everyone: plain FedAvg of the factors
+    return renormalise(delta, coverage(ranks, weights, full))
