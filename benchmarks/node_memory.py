@@ -3,7 +3,7 @@
 Usage::
 
     python -m benchmarks.node_memory --out benchmarks/results/node_memory.json \
-        [--runs 3] [--rounds 2] [--set key=value ...]
+        [--runs 3] [--rounds 2] [--profiles NAME,...] [--set key=value ...]
 
 Starts a deployment on loopback through the ``deploy/`` scripts (SuperLink, Fleet
 proxy, two SuperNodes, TLS and node authentication; ``deploy.loopback``), then
@@ -15,7 +15,10 @@ SuperExec, the ClientApp processes and the warm worker. Keys:
 ``peak_gib_per_run`` (each run's peak), ``peak_gib_first_run``,
 ``peak_gib_all_runs``, ``ratio`` (all runs over the first: 1.0 means later runs
 add nothing), ``workers_per_run`` (warm worker processes alive in the group at
-the end of each run) and ``seconds_per_run``. Every process it starts is stopped
+the end of each run) and ``seconds_per_run``. ``--profiles sbc-2gb,phone,none``
+measures each device profile in a deployment of its own (the measured SuperNode
+started with ``--profile``; ``none``: the run's keys) and writes one entry per
+profile under ``profiles``. Every process it starts is stopped
 by its process group, also on failure.
 """
 
@@ -25,14 +28,14 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 from common.atomic import write_text
-from deploy.loopback import REPO, Processes, final_status, loopback_env, run_id_of, start_federation
+from common.profiles import load_profile
+from deploy.loopback import Processes, loopback_env, start_federation, submit_run
 
 NODES = 2
 
@@ -89,37 +92,19 @@ class Sampler(threading.Thread):
             time.sleep(self.interval)
 
 
-def submit(procs: Processes, fed: dict, name: str, config: str, timeout: float) -> float:
-    """Run one ``flwr run`` to its end; return its seconds.
+def measure(
+    runs: int, rounds: int, overrides: list[str], tmp: Path, profile: str | None = None
+) -> dict:
+    """Start the deployment, submit ``runs`` runs, and sample the first SuperNode.
 
-    Raises
-    ------
-    RuntimeError
-        When the run does not end, or ends other than completed.
+    With ``profile``, the first SuperNode runs that device profile (``--profile``).
     """
-    start = time.monotonic()
-    cmd = ["flwr", "run", ".", fed["connection"], "--run-config", config, "--stream"]
-    run = procs.start(name, cmd, cwd=REPO)
-    try:
-        run.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{name} did not end within {timeout:.0f} s") from None
-    text = procs.log(name).read_text(errors="replace")
-    status = final_status(
-        procs.env, fed["connection"], run_id_of(procs.env, fed["connection"], text)
-    )
-    if status["status"] != "finished:completed":
-        raise RuntimeError(f"{name} ended {status['status']}:\n{text[-3000:]}")
-    return time.monotonic() - start
-
-
-def measure(runs: int, rounds: int, overrides: list[str], tmp: Path) -> dict:
-    """Start the deployment, submit ``runs`` runs, and sample the first SuperNode."""
     (tmp / "logs").mkdir(parents=True, exist_ok=True)
     env, node_env = loopback_env(tmp)
     procs = Processes(env, tmp, tmp / "logs")
     try:
-        fed = start_federation(procs, tmp, NODES, node_env)
+        profiles = {0: profile} if profile else None
+        fed = start_federation(procs, tmp, NODES, node_env, profiles=profiles)
         sampler = Sampler(procs.procs["supernode-0"].pid)  # its own session: pgid == pid
         sampler.start()
         seconds, workers = [], []
@@ -129,7 +114,9 @@ def measure(runs: int, rounds: int, overrides: list[str], tmp: Path) -> dict:
                 + ["eval.bertscore=false", *overrides, f'cache-dir="{tmp / "cache"}"']
                 + [f'output-dir="{tmp / "out"}"', f'run-name="run-{i}"']
             )
-            seconds.append(submit(procs, fed, f"flwr-run-{i}", config, 60 * (5 + 2 * rounds)))
+            timeout = 60 * (5 + 2 * rounds)
+            took, _ = submit_run(procs, fed["connection"], f"flwr-run-{i}", config, timeout)
+            seconds.append(took)
             time.sleep(2 * sampler.interval)  # a last sample of this run
             workers.append(sum(is_worker(p) for p in group_members(sampler.pgid)))
             if i < runs - 1:
@@ -140,6 +127,7 @@ def measure(runs: int, rounds: int, overrides: list[str], tmp: Path) -> dict:
         procs.stop_all()
     peaks = [p / 2**30 for p in sampler.peaks]
     return {
+        "profile": profile,
         "runs": runs,
         "rounds": rounds,
         "peak_gib_per_run": [round(p, 3) for p in peaks],
@@ -165,17 +153,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--set", action="append", default=[], help="run-config override key=value")
+    p.add_argument(
+        "--profiles",
+        default="",
+        help="comma-separated device profiles for the measured SuperNode, one deployment "
+        "each ('none' = the run's keys); default: the run's keys only",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     """Measure and write the JSON."""
     args = build_parser().parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="mlecs-node-memory-"))
-    try:
-        result = measure(args.runs, args.rounds, args.set, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    names = [p.strip() for p in args.profiles.split(",") if p.strip()] or ["none"]
+    for name in names:
+        if name != "none":
+            load_profile(name)  # an unknown name fails before any deployment starts
+    per_profile = {}
+    for name in names:
+        tmp = Path(tempfile.mkdtemp(prefix="mlecs-node-memory-"))
+        try:
+            profile = None if name == "none" else name
+            per_profile[name] = measure(args.runs, args.rounds, args.set, tmp, profile)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    # One profile: its keys at the top level; several: one entry per profile.
+    result = per_profile[names[0]] if len(names) == 1 else {"profiles": per_profile}
     result["overrides"] = args.set
     write_text(args.out, json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -34,6 +34,7 @@ from common.learning.losses import (
     proximal_term,
 )
 from common.learning.prototypes import prototype_term
+from common.lora_ranks import truncate_ranks
 from common.model.adapters import PRIVATE, SHARED, adapter_parameters
 from common.model.factory import edge_model
 from common.model.multimodal import MultimodalLM
@@ -48,7 +49,6 @@ from common.model.state import (
     shared_state,
 )
 from common.settings import RunSettings
-from common.lora_ranks import truncate_ranks
 from common.state import ENC_LORA, State, prefixed, subtract
 
 

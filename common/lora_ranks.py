@@ -71,7 +71,7 @@ def truncate_ranks(state: State, rank: int | None) -> State:
 
 
 def fits_rank(key: str, shape: tuple[int, ...], reference: tuple[int, ...]) -> bool:
-    """Whether an array of ``shape`` fits the reference's: equal, or a lower rank of an adapter key."""
+    """Whether ``shape`` fits the reference: equal, or a lower rank of an adapter key."""
     if tuple(shape) == tuple(reference):
         return True
     axis = rank_axis(key)

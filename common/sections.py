@@ -132,8 +132,8 @@ class ModelSettings(Section):
 class LoraSettings(Section):
     """Shared (federated) and private (on-device) LoRA adapters."""
 
-    # The federation's rank of the shared backbone LoRA; a device profile may lower
-    # its own (common.lora_ranks), unless profile_ranks is false.
+    # The federation's rank of the shared adapters (backbone LoRA, prompt map); a
+    # device profile may lower its own, unless lora.profile-ranks is false.
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
     profile_ranks: bool = True

@@ -324,3 +324,37 @@ def final_status(env: dict, connection: str, run_id: str, timeout: float = 120) 
         return status if status["status"] in TERMINAL else None
 
     return wait_for(f"run {run_id} to finish", terminal, timeout=timeout, interval=2)
+
+
+def submit_run(
+    procs: Processes, connection: str, name: str, config: str, timeout: float, app: Path = REPO
+) -> tuple[float, str]:
+    """``flwr run APP CONNECTION --run-config CONFIG --stream`` to its end, like an operator.
+
+    Returns
+    -------
+    seconds : float
+        From submission to the end of the stream.
+    log : str
+        What ``flwr run`` printed.
+
+    Raises
+    ------
+    RuntimeError
+        When the run does not end within ``timeout`` or ends other than completed
+        (``--stream`` exits 0 on a failed run, so the SuperLink is asked).
+    """
+    started = time.monotonic()
+    cmd = ["flwr", "run", str(app), connection, "--run-config", config, "--stream"]
+    run = procs.start(name, cmd, cwd=REPO)
+    try:
+        run.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log = tail(procs.log(name), 80)
+        raise RuntimeError(f"{name} did not end within {timeout:.0f} s:\n{log}") from None
+    seconds = time.monotonic() - started
+    text = procs.log(name).read_text(errors="replace")
+    status = final_status(procs.env, connection, run_id_of(procs.env, connection, text))
+    if status["status"] != "finished:completed":
+        raise RuntimeError(f"{name} ended {status['status']}:\n{text[-5000:]}")
+    return seconds, text

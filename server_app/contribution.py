@@ -90,6 +90,14 @@ def check_contribution(
     if size > max_bytes:
         problems.append(f"implausible size {size} bytes (limit {max_bytes})")
     problems.extend(_check_keys(c, reference))
+    problems.extend(_check_arrays(c, reference))
+    problems.extend(_check_reps(c, fused_dim, public_ids))
+    return problems
+
+
+def _check_arrays(c: Contribution, reference: State) -> list[str]:
+    """Each shared array: a known key, float32/16, the reference's shape or a lower rank."""
+    problems: list[str] = []
     for key, value in c.delta.items():
         if not key.startswith((*SHARED_PREFIXES, ENC_LORA)):
             continue  # reported by _check_keys
@@ -106,8 +114,7 @@ def check_contribution(
             problems.append(f"'{key}' has non-finite values")
     ranks = {np.shape(v)[rank_axis(k)] for k, v in c.delta.items() if rank_axis(k) is not None}
     if len(ranks) > 1:
-        problems.append(f"backbone LoRA arrays of several ranks {sorted(ranks)}")
-    problems.extend(_check_reps(c, fused_dim, public_ids))
+        problems.append(f"adapter arrays of several ranks {sorted(ranks)}")
     return problems
 
 

@@ -53,10 +53,13 @@ class Ledger:
         row["manifests"] += small_bytes(content, manifests=True)
         row["metrics"] += small_bytes(content, manifests=False)
 
-    def by_device(self, partitions: dict[int, int]) -> dict[str, dict[str, int]]:
+    def by_device(
+        self, partitions: dict[int, int], ranks: dict[int, int | None], run_rank: int | None
+    ) -> dict[str, dict[str, int]]:
         """Node id -> that device's bytes this round: up, down, and its backbone LoRA's each way.
 
-        ``partitions`` maps node ids to partition ids (added where known).
+        ``partitions`` maps node ids to partition ids and ``ranks`` to a LoRA rank
+        below the run's ``run_rank`` (None: the run's); both are added where known.
         """
         out: dict[str, dict[str, int]] = {}
         for node, row in sorted(self.round.items()):
@@ -66,6 +69,8 @@ class Ledger:
             entry.update(lora_up=row["lora_up"], lora_down=row["lora_down"])
             if node in partitions:
                 entry["partition_id"] = partitions[node]
+            if node in ranks and run_rank is not None:
+                entry["lora_rank"] = ranks[node] or run_rank
             out[str(node)] = entry
         return out
 

@@ -90,13 +90,14 @@ def check_reply(
         and not np.array_equal(np.sort(contrib.rep_ids), np.sort(known))
     ):
         problems.append("representations for public ids outside the device's share")
-    if problems:
-        return "; ".join(problems)
-    # A device of a lower LoRA rank: its delta, zero-padded to the run's rank.
-    padded, rank = pad_ranks(contrib.delta, work.reference)
-    contrib.delta = padded
-    contrib.rank = rank if rank != state_rank(work.reference) else None
-    return contrib, update
+    return "; ".join(problems) if problems else (_padded(contrib, work.reference), update)
+
+
+def _padded(contrib: Contribution, reference: State) -> Contribution:
+    """A device of a lower LoRA rank: its delta zero-padded to the run's rank, its rank kept."""
+    contrib.delta, rank = pad_ranks(contrib.delta, reference)
+    contrib.rank = rank if rank != state_rank(reference) else None
+    return contrib
 
 
 def enough(accepted: list[Contribution], min_nodes: int, n: int) -> list[Contribution]:

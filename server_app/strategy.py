@@ -14,7 +14,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common.exchange import DeviceUpdate
-from common.lora_ranks import mean_over_holders, truncate_ranks
+from common.lora_ranks import mean_over_holders, state_rank, truncate_ranks
 from common.settings import RunSettings
 from common.state import State, as_float32
 from proto.messages import (
@@ -101,7 +101,8 @@ class MlEcsStrategy(FedAvg):
             raise RuntimeError("finish_round() called before any round started")
         work.result.seconds = round(time.time() - work.started, 2)
         work.result.comm = self.ledger.summary(self.edge_param_bytes)
-        work.result.comm_by_device = self.ledger.by_device(self._node_partition)
+        ranks, run_rank = self._node_rank, state_rank(work.reference)
+        work.result.comm_by_device = self.ledger.by_device(self._node_partition, ranks, run_rank)
         work.result.repeated_notes = self.notes.repeated
         self._snapshot.server_round = work.result.server_round
         return work.result

@@ -22,6 +22,7 @@ from common.profiles import (
 )
 from common.run_config import ConfigError
 from common.settings import RunSettings
+from experiments.device_bytes import bytes_by_rank
 from experiments.local_grid import InProcessGrid
 from server_app.run import ServerRun
 
@@ -123,3 +124,7 @@ def test_a_federation_of_mixed_profiles_trains_each_device_as_its_box(tiny_confi
     first, last = ({d["partition_id"]: d for d in r["comm_by_device"].values()} for r in rounds)
     assert first[2]["lora_down"] == first[0]["lora_down"]  # rank not known yet: all of it
     assert 1.8 < last[0]["lora_down"] / last[2]["lora_down"] < 2.0
+    # the same, by rank, from the run's files (experiments.device_bytes)
+    by_rank = bytes_by_rank(Path(config["output-dir"]) / "mix")
+    assert sorted(by_rank) == [4, 8] and [by_rank[r]["devices"] for r in (4, 8)] == [1, 2]
+    assert 0.5 < by_rank[4]["lora_up"] / by_rank[8]["lora_up"] < 0.56
