@@ -6,11 +6,12 @@ and ``alpha_r = alpha * r / R``, so that every rank has the same scaling
 ``alpha / R`` and its adapter is the global one restricted to the first ``r``
 components: ``(alpha / R) B[:, :r] A[:r]`` (HetLoRA's truncation).
 
-The server zero-pads a rank-``r`` delta to ``R`` and, after the weighted mean,
-divides each component ``j`` by the weight of the devices that hold it
-(``coverage``): a component is the mean of its holders' updates, not shrunk by the
-devices that cannot hold it. With one rank for every device the coverage is 1
-everywhere and this is plain FedAvg of the factors.
+The server zero-pads a rank-``r`` delta to ``R`` and averages the padded deltas
+(``lora.rank-aggregation = "zero-pad"``, the default: a component that only some
+devices hold is averaged with the others' zeros, so it moves by its holders' share
+of the weight). With ``"holders"`` each component ``j`` is instead divided by the
+weight of the devices that hold it (:func:`coverage`), the mean of its holders'
+updates. With one rank for every device both are plain FedAvg of the factors.
 
 The shared adapters built with ``lora.rank`` may differ in rank: the backbone's
 LoRA (``lora/`` keys) and the prompt map's low-rank update (``prompt/``); the

@@ -137,9 +137,10 @@ class LoraSettings(Section):
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
     profile_ranks: bool = True
-    # How devices of different ranks meet (common.lora_ranks): each rank component
-    # as the mean of the devices holding it, or zero-padded FedAvg (HetLoRA's padding).
-    rank_aggregation: Literal["holders", "zero-pad"] = "holders"
+    # How devices of different ranks meet (common.lora_ranks): zero-padded FedAvg
+    # (HetLoRA's padding; chosen on tuning seeds), or each rank component as the mean
+    # of the devices holding it.
+    rank_aggregation: Literal["zero-pad", "holders"] = "zero-pad"
     private_rank: int = Field(8, ge=1)
     private_alpha: float = Field(16.0, gt=0)
     # Encoders' low-rank adapters, shared by devices with the same encoder kind
