@@ -3,11 +3,10 @@
 A profile names a kind of box (a 2 GB single-board computer, a phone, a Jetson)
 and the run-config keys its device uses instead of the run's: batch size, local
 steps, torch threads, which encoders of the run's families it builds and the
-rank of its backbone LoRA. A
-SuperNode takes one with ``--profile`` (node config ``profile``); a simulation
-assigns them by ``profile-mix``. Only device-local keys may differ: everything
-the devices exchange keeps the run's shape, so a profile may narrow an encoder
-family to some of the run's encoders but never add one (the cloud keeps
+rank of its shared LoRA adapters. A SuperNode takes one with ``--profile`` (node
+config ``profile``); a simulation assigns them by ``profile-mix``. Only
+device-local keys may differ, within the run's bounds: a profile may narrow an
+encoder family to some of the run's encoders but never add one (the cloud keeps
 adapters only for the run's families), and may lower the LoRA rank but never
 raise it above the run's ``lora.rank`` (the federation's rank; see
 ``common.lora_ranks`` for how ranks meet). The box's memory is recorded, and a
@@ -104,8 +103,8 @@ def device_run_config(run_config: dict, profile: Profile, defaults: dict) -> dic
                 )
     overrides = dict(profile.overrides)
     rank = overrides.pop(RANK_KEY, None)
-    check_rank(profile, int(run[RANK_KEY]))
     if rank is not None and run["lora.profile-ranks"]:
+        check_rank(profile, int(run[RANK_KEY]))
         alpha = device_alpha(float(run["lora.alpha"]), int(rank), int(run[RANK_KEY]))
         overrides.update({RANK_KEY: int(rank), "lora.alpha": alpha})
     # The mix has done its work: the device's settings are its own profile's, and the
