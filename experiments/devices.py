@@ -61,7 +61,12 @@ def modality_groups(run_config: dict, num_nodes: int) -> dict[int, str]:
 
 
 def encoder_groups(run_config: dict, num_nodes: int) -> dict[int, str]:
-    """Partition id -> the device's encoders, e.g. ``"sensor:gru"``, as the run built them."""
+    """Partition id -> the device's encoders, e.g. ``"sensor:gru"``, as the run built them.
+
+    Each device's own settings count (``client_app.handlers.device_settings``): a
+    device profile from ``profile-mix`` may narrow its encoder families.
+    """
+    from client_app.handlers import device_settings
     from common.data.views import held_modalities, task_info
     from common.model.encoders import encoder_kind
     from common.model.factory import encoder_choices
@@ -69,9 +74,9 @@ def encoder_groups(run_config: dict, num_nodes: int) -> dict[int, str]:
 
     settings = RunSettings.from_run_config(run_config)
     specs = {s.name: s for s in task_info(settings).specs}
-    choices = encoder_choices(settings.model)
     out = {}
     for pid in range(num_nodes):
+        choices = encoder_choices(device_settings(run_config, {"partition-id": pid})[0].model)
         kinds = {
             f"{specs[m].kind}:{encoder_kind(specs[m], choices, pid)}"
             for m in held_modalities(settings, pid, num_nodes)

@@ -125,24 +125,19 @@ def devices(run: Run) -> list[Device]:
     """
     num_nodes = int(run.summary.get("num_nodes", 0))
     try:
-        from common.data.views import build_client_data, task_info
-        from common.model.encoders import encoder_kind
-        from common.model.factory import encoder_choices
+        from common.data.views import build_client_data
         from common.settings import RunSettings
+        from experiments.devices import encoder_groups
 
         settings = RunSettings.from_run_config(run.run_config)
-        specs = {s.name: s for s in task_info(settings).specs}
-        choices = encoder_choices(settings.model)
+        encoders = encoder_groups(run.run_config, num_nodes)
         out = []
         for pid in range(num_nodes):
             data = build_client_data(settings, pid, num_nodes)
             names = data.train.modality_names
             mask = np.concatenate([data.train.mask, data.test.mask, data.public.mask])
             missing = {m: float(1.0 - mask[:, names.index(m)].mean()) for m in data.modalities}
-            kinds = sorted(
-                {f"{specs[m].kind}:{encoder_kind(specs[m], choices, pid)}" for m in data.modalities}
-            )
-            out.append(Device(pid, data.modalities, "+".join(kinds), missing))
+            out.append(Device(pid, data.modalities, encoders[pid], missing))
         return out
     except Exception:  # noqa: BLE001 -- a report still renders what the files hold
         return [Device(pid, (), "?", None) for pid in range(num_nodes)]

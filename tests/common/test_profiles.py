@@ -23,6 +23,7 @@ from common.profiles import (
 from common.run_config import ConfigError
 from common.settings import RunSettings
 from experiments.device_bytes import bytes_by_rank
+from experiments.devices import encoder_groups
 from experiments.local_grid import InProcessGrid
 from server_app.run import ServerRun
 
@@ -126,6 +127,10 @@ def test_a_federation_of_mixed_profiles_trains_each_device_as_its_box(tiny_confi
     first, last = ({d["partition_id"]: d for d in r["comm_by_device"].values()} for r in rounds)
     assert first[2]["lora_down"] == first[0]["lora_down"]  # rank not known yet: all of it
     assert 1.8 < last[0]["lora_down"] / last[2]["lora_down"] < 2.0
+    # the report names each device's encoders as its profile narrowed them
+    for pid, kinds in encoder_groups(config, 3).items():
+        families = built[pid].model.sensor_encoders
+        assert all(k.split(":")[1] in families for k in kinds.split("+")), (pid, kinds)
     # the same, by rank, from the run's files (experiments.device_bytes)
     by_rank = bytes_by_rank(Path(config["output-dir"]) / "mix")
     assert sorted(by_rank) == [4, 8] and [by_rank[r]["devices"] for r in (4, 8)] == [1, 2]
