@@ -63,7 +63,7 @@ def measure(num_nodes: int, rounds: int, overrides: list[str], tmp: Path, floor:
             json.loads(line)
             for line in (out_dir / "deploy-round" / "rounds.jsonl").read_text().splitlines()
         ]
-        result = _summary([r["seconds"] for r in records], num_nodes)
+        result = {"num_nodes": num_nodes, **_summary([r["seconds"] for r in records])}
         result.update(accepted=[r["aggregation"]["accepted"] for r in records], wall=round(wall, 1))
         if floor:
             result.update(_floor(procs, fed, num_nodes, rounds, records, tmp, timeout))
@@ -74,10 +74,9 @@ def measure(num_nodes: int, rounds: int, overrides: list[str], tmp: Path, floor:
     return result
 
 
-def _summary(seconds: list[float], num_nodes: int, prefix: str = "") -> dict:
+def _summary(seconds: list[float], prefix: str = "") -> dict:
     """Median seconds over the rounds after the first (which also builds and fills caches)."""
     return {
-        **({"num_nodes": num_nodes} if not prefix else {}),
         f"{prefix}seconds_per_round": statistics.median(seconds[1:] or seconds),
         f"{prefix}first_round": seconds[0],
         f"{prefix}rounds": seconds,
@@ -102,7 +101,7 @@ def _floor(
     )
     submit_run(procs, fed["connection"], "flwr-run-floor", config, timeout, app=ECHO_APP)
     seconds = json.loads(out_file.read_text())["rounds"]
-    return {**_summary(seconds, num_nodes, "floor_"), "floor_payload_bytes": payload}
+    return {**_summary(seconds, "floor_"), "floor_payload_bytes": payload}
 
 
 def build_parser() -> argparse.ArgumentParser:

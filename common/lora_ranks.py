@@ -44,13 +44,14 @@ def device_alpha(alpha: float, rank: int, run_rank: int) -> float:
     return alpha * rank / run_rank
 
 
+def adapter_ranks(state: State) -> set[int]:
+    """The ranks of the shared adapter arrays of ``state`` (one in a well-formed state)."""
+    return {int(np.shape(v)[rank_axis(k)]) for k, v in state.items() if rank_axis(k) is not None}
+
+
 def state_rank(state: State) -> int | None:
-    """The rank of the shared adapters of ``state`` (None without them)."""
-    for key, value in state.items():
-        axis = rank_axis(key)
-        if axis is not None:
-            return int(np.shape(value)[axis])
-    return None
+    """The rank of the shared adapters of ``state`` (the highest; None without them)."""
+    return max(adapter_ranks(state), default=None)
 
 
 def truncate_ranks(state: State, rank: int | None) -> State:
@@ -91,7 +92,7 @@ def pad_ranks(delta: State, reference: State) -> tuple[State, int | None]:
         If the adapter arrays of ``delta`` do not share one rank (a checked
         contribution always does).
     """
-    ranks = {int(np.shape(v)[rank_axis(k)]) for k, v in delta.items() if rank_axis(k) is not None}
+    ranks = adapter_ranks(delta)
     if len(ranks) > 1:
         raise ValueError(f"lora arrays of several ranks {sorted(ranks)} in one delta")
     rank = ranks.pop() if ranks else None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.exchange import DeviceUpdate
-from common.lora_ranks import fits_rank, rank_axis
+from common.lora_ranks import adapter_ranks, fits_rank
 from common.state import ENC_LORA, SHARED_PREFIXES, State, group_of, nbytes
 
 
@@ -30,8 +30,8 @@ class Contribution:
     rep_ids, reps : numpy.ndarray
         ``(N,)`` public ids and ``(N, F)`` fused representations.
     rank : int, optional
-        The rank of the device's backbone LoRA when it is below the run's (its
-        ``lora/`` deltas were zero-padded to the run's rank, see
+        The rank of the device's shared adapters when it is below the run's (its
+        ``lora/`` and ``prompt/`` deltas were zero-padded to the run's rank, see
         ``common.lora_ranks``); None at the run's rank.
     """
 
@@ -112,7 +112,7 @@ def _check_arrays(c: Contribution, reference: State) -> list[str]:
             problems.append(f"'{key}' has shape {arr.shape}, expected {np.shape(ref)}")
         elif not np.isfinite(arr).all():
             problems.append(f"'{key}' has non-finite values")
-    ranks = {np.shape(v)[rank_axis(k)] for k, v in c.delta.items() if rank_axis(k) is not None}
+    ranks = adapter_ranks(c.delta)
     if len(ranks) > 1:
         problems.append(f"adapter arrays of several ranks {sorted(ranks)}")
     return problems

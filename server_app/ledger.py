@@ -63,10 +63,13 @@ class Ledger:
         """
         out: dict[str, dict[str, int]] = {}
         for node, row in sorted(self.round.items()):
-            up = sum(row[f"{k}_up"] for k in ("lora", "prompt", "encoder", "reps"))
-            down = sum(row[f"{k}_down"] for k in ("lora", "prompt", "encoder", "reps"))
-            entry = {"up": up + row["metrics"] + row["manifests"], "down": down}
-            entry.update(lora_up=row["lora_up"], lora_down=row["lora_down"])
+            up, down = _totals(row)
+            entry = {
+                "up": up,
+                "down": down,
+                "lora_up": row["lora_up"],
+                "lora_down": row["lora_down"],
+            }
             if node in partitions:
                 entry["partition_id"] = partitions[node]
             if node in ranks and run_rank is not None:
@@ -83,10 +86,7 @@ class Ledger:
         if not nodes:
             return {}
         mean = {k: sum(n[k] for n in nodes) / len(nodes) for k in KINDS}
-        up = sum(mean[f"{k}_up"] for k in ("lora", "prompt", "encoder", "reps"))
-        down = sum(mean[f"{k}_down"] for k in ("lora", "prompt", "encoder", "reps"))
-        # Metrics and manifests flow both ways; they are counted once, on the upload side.
-        up += mean["metrics"] + mean["manifests"]
+        up, down = _totals(mean)
         return {
             **{f"bytes_{k}": v for k, v in mean.items()},
             "bytes_up_per_client_round": up,
@@ -94,3 +94,11 @@ class Ledger:
             "edge_model_param_bytes": edge_param_bytes,
             "ratio": (up + down) / edge_param_bytes if edge_param_bytes else float("nan"),
         }
+
+
+def _totals(row: dict[str, float]) -> tuple[float, float]:
+    """Bytes up and down of a ledger row (one device's, or the mean of all)."""
+    up = sum(row[f"{k}_up"] for k in ("lora", "prompt", "encoder", "reps"))
+    down = sum(row[f"{k}_down"] for k in ("lora", "prompt", "encoder", "reps"))
+    # Metrics and manifests flow both ways; they are counted once, on the upload side.
+    return up + row["metrics"] + row["manifests"], down
