@@ -79,34 +79,66 @@ def timed(target: str, part: str, totals: dict[str, float]):
     return mock.patch.object(owner, name, wrapper)
 
 
-def profile(config: dict, num_nodes: int) -> dict:
-    """Run ``config`` in-process with timers; per-round seconds of each part."""
+def federate(config: dict, num_nodes: int, started=None, round_ended=None) -> tuple[float, dict]:
+    """Run ``config`` in-process with the real strategy and ClientApp handlers.
+
+    Parameters
+    ----------
+    config : dict
+        The flat run config.
+    num_nodes : int
+        Virtual devices, called one after another in this process.
+    started : callable, optional
+        Called once the server and the devices' grid are built, before round 1.
+    round_ended : callable, optional
+        Called with the round number after each round's record is written.
+
+    Returns
+    -------
+    tuple of (float, dict)
+        Wall seconds of the rounds (setup excluded; the cloud's round-0 tuning
+        is not run) and the run's summary (``summary.json``).
+    """
     from client_app.app import app as client_app
     from common.settings import RunSettings
     from experiments.local_grid import InProcessGrid
+    from proto.records import to_record
     from server_app.run import ServerRun
 
-    totals: dict[str, float] = defaultdict(float)
     settings = RunSettings.from_run_config(config)
+    run = ServerRun(settings)
+    grid = InProcessGrid(client_app, config, num_nodes)
+
+    def end_round(flower_round, arrays):
+        result = run.end_round(flower_round, arrays)
+        if flower_round and round_ended is not None:
+            round_ended(flower_round)
+        return result
+
+    if started is not None:
+        started()
+    start = time.perf_counter()
+    run.strategy.start(
+        grid=grid,
+        initial_arrays=to_record(run.initial_state),
+        num_rounds=settings.num_server_rounds,
+        timeout=settings.strategy.round_timeout,
+        evaluate_fn=end_round,
+    )
+    wall = time.perf_counter() - start
+    return wall, run.finish()
+
+
+def profile(config: dict, num_nodes: int) -> dict:
+    """Run ``config`` in-process with timers; per-round seconds of each part."""
+    totals: dict[str, float] = defaultdict(float)
     with ExitStack() as stack:
         for part, targets in PARTS.items():
             for target in targets:
                 stack.enter_context(timed(target, part, totals))
-        run = ServerRun(settings)
-        grid = InProcessGrid(client_app, config, num_nodes)
-        totals.clear()  # setup (data, models, round 0) is not a round
-        start = time.perf_counter()
-        run.strategy.start(
-            grid=grid,
-            initial_arrays=__import__("proto.records", fromlist=["to_record"]).to_record(
-                run.initial_state
-            ),
-            num_rounds=settings.num_server_rounds,
-            timeout=settings.strategy.round_timeout,
-            evaluate_fn=run.end_round,
-        )
-        wall = time.perf_counter() - start
-    rounds = settings.num_server_rounds
+        # setup (data, models, round 0) is not a round
+        wall, _ = federate(config, num_nodes, started=totals.clear)
+    rounds = config["num-server-rounds"]
     out = {part: totals[part] / rounds for part in PARTS}
     out["round"] = wall / rounds
     out["other"] = max(0.0, out["round"] - sum(out[p] for p in PARTS))

@@ -108,6 +108,9 @@ RUN_BY: dict[str, list[tuple[str, str]]] = {
         )
     ],
     "python -m experiments.report": [("--out", "tests/experiments/test_html_report.py")],
+    "python -m benchmarks.gpu_round": [
+        ("--out --num-nodes --rounds --config --set", "tests/benchmarks/test_gpu_round.py")
+    ],
     "python -m server_app.inference_server": [
         ("--run-dir --host --port --tls-cert --tls-key", "tests/proto/test_inference.py")
     ],
@@ -118,6 +121,7 @@ RUN_BY: dict[str, list[tuple[str, str]]] = {
     ],
 }
 DOCKER = "no Docker engine on the build machine (the guide says so)"
+NO_GPU = "the paper's regime at its declared caps needs a GPU, none was lent (docs say so)"
 # "<doc>: <entry point> <its flags, sorted>", or "<doc>: <entry point>" for every use of
 # the entry point in that doc -> why no test or benchmark runs it
 NOT_RUN = {
@@ -125,6 +129,9 @@ NOT_RUN = {
     "deploy/README.md: systemctl enable": "no test installs the systemd units",
     "deploy/README.md: docker compose": DOCKER,
     "deploy/README.md: docker run": DOCKER,
+    "docs/real-models.md: python -m experiments.run --config --jobs --methods --num-nodes --out "
+    "--seeds": NO_GPU,
+    "docs/real-models.md: python -m experiments.compare --out --plot --primary": NO_GPU,
     "docs/ray-cluster.md: ray stop": "it ends every Ray process of the machine; the test stops "
     "its own by PID",
 }
