@@ -143,14 +143,21 @@ def test_a_run_places_devices_on_both_ray_nodes(namespace, tmp_path: Path, cache
         for cmd in (head + common, node + common):
             done = subprocess.run(ns + cmd, env=env, capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, done.stdout + done.stderr
-        status = subprocess.run(
-            ns + [str(BIN / "ray"), "status", "--address", f"127.0.0.1:{RAY_PORT}"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        active = status.stdout.split("Active:")[1].split("Pending:")[0]
+        # `ray status` reports the autoscaler's view, which lags a node's join by a
+        # few seconds on a loaded machine: ask again until both nodes show, or give up.
+        deadline = time.monotonic() + 60
+        while True:
+            status = subprocess.run(
+                ns + [str(BIN / "ray"), "status", "--address", f"127.0.0.1:{RAY_PORT}"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            active = status.stdout.split("Active:")[1].split("Pending:")[0]
+            if active.count("node_") == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert active.count("node_") == 2, status.stdout
         link_log = (tmp_path / "superlink.log").open("w")
         link = subprocess.Popen(
