@@ -138,7 +138,9 @@ def profile(config: dict, num_nodes: int) -> dict:
                 stack.enter_context(timed(target, part, totals))
         # setup (data, models, round 0) is not a round
         wall, _ = federate(config, num_nodes, started=totals.clear)
-    rounds = config["num-server-rounds"]
+    from common.settings import RunSettings
+
+    rounds = RunSettings.from_run_config(config).num_server_rounds
     out = {part: totals[part] / rounds for part in PARTS}
     out["round"] = wall / rounds
     out["other"] = max(0.0, out["round"] - sum(out[p] for p in PARTS))
