@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from unittest import mock
 
 from common.atomic import write_text
 from common.run_config import parse_overrides, read_toml_config
@@ -85,36 +84,19 @@ def mean_within(
     return round(statistics.fmean(inside), 1) if inside else None
 
 
-def recording_spans(target, spans: list[tuple[float, float]]):
-    """Patch method ``target`` (``pkg.mod.Class.method``) to record each call's span."""
-    import importlib
-
-    module, cls, name = target.rsplit(".", 2)
-    owner = getattr(importlib.import_module(module), cls)
-    original = getattr(owner, name)
-
-    def wrapper(*args, **kwargs):
-        start = time.monotonic()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            spans.append((start, time.monotonic()))
-
-    return mock.patch.object(owner, name, wrapper)
-
-
 def measure(config: dict, num_nodes: int, sample_ms: int) -> dict:
     """Run the federation with the sampler and timers; the benchmark's keys."""
     import torch
 
-    from benchmarks.round_profile import federate
+    from benchmarks.round_profile import federate, spanned
 
     cuda = torch.cuda.is_available() and config.get("device", "auto") != "cpu"
     train_spans: list[tuple[float, float]] = []
     round_ends: list[float] = []
     sampler = GpuSampler(sample_ms) if cuda else None
     try:
-        with recording_spans("client_app.device.Device.train", train_spans):
+        on_train = lambda start, end: train_spans.append((start, end))  # noqa: E731
+        with spanned("client_app.device.Device.train", on_train):
             _, summary = federate(
                 config,
                 num_nodes,

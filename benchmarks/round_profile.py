@@ -55,11 +55,11 @@ PARTS = {
 }
 
 
-def timed(target: str, part: str, totals: dict[str, float]):
-    """Patch ``target`` (``pkg.mod.func`` or ``pkg.mod.Class.method``) to time its calls.
+def spanned(target: str, on_call):
+    """Patch ``target`` (``pkg.mod.func`` or ``pkg.mod.Class.method``) to report its calls.
 
-    Each call's seconds are added to ``totals[part]``; the patch lasts while the
-    returned context manager is entered.
+    ``on_call(start, end)`` gets each call's ``time.monotonic`` stamps; the patch
+    lasts while the returned context manager is entered.
     """
     module, _, name = target.rpartition(".")
     try:
@@ -70,13 +70,22 @@ def timed(target: str, part: str, totals: dict[str, float]):
     original = getattr(owner, name)
 
     def wrapper(*args, **kwargs):
-        start = time.perf_counter()
+        start = time.monotonic()
         try:
             return original(*args, **kwargs)
         finally:
-            totals[part] += time.perf_counter() - start
+            on_call(start, time.monotonic())
 
     return mock.patch.object(owner, name, wrapper)
+
+
+def timed(target: str, part: str, totals: dict[str, float]):
+    """:func:`spanned`, adding each call's seconds to ``totals[part]``."""
+
+    def add(start: float, end: float) -> None:
+        totals[part] += end - start
+
+    return spanned(target, add)
 
 
 def federate(config: dict, num_nodes: int, started=None, round_ended=None) -> tuple[float, dict]:
