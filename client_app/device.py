@@ -101,6 +101,13 @@ class Device:
         if local:
             load_local_state(self.model, local)
             self.trainer.load_state(local)
+            if self.settings.lora.rank_aggregation == "svd":
+                # The server re-factorises these adapters each round (FlexLoRA): in
+                # the new basis last round's moments point nowhere in particular.
+                m = self.model
+                self.trainer.forget(
+                    [*m.connector.shared_parameters(), *adapter_parameters(m.lm, SHARED)]
+                )
         if self.settings.components.federated and payload.state:
             # The run's adapter, cut to this device's LoRA rank (a profile may lower it).
             load_shared_state(self.model, truncate_ranks(payload.state, self.settings.lora.rank))

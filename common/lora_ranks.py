@@ -12,6 +12,9 @@ devices hold is averaged with the others' zeros, so it moves by its holders' sha
 of the weight). With ``"holders"`` each component ``j`` is instead divided by the
 weight of the devices that hold it (:func:`coverage`), the mean of its holders'
 updates. With one rank for every device both are plain FedAvg of the factors.
+With ``"svd"`` (FlexLoRA) the server averages each device's full product ``B A``
+and re-factorises the mean by a truncated SVD (:func:`svd_redistribute`); this is
+not FedAvg of the factors even at one rank.
 
 The shared adapters built with ``lora.rank`` may differ in rank: the backbone's
 LoRA (``lora/`` keys) and the prompt map's low-rank update (``prompt/``); the
@@ -154,3 +157,115 @@ def mean_over_holders(delta: State, ranks: list[int | None], weights: np.ndarray
     if full is None or all(r is None for r in ranks):
         return delta  # one rank for everyone: plain FedAvg of the factors
     return renormalise(delta, coverage(ranks, weights, full))
+
+
+def next_global(
+    how: str,
+    reference: State,
+    delta: State,
+    deltas: list[State],
+    ranks: list[int | None],
+    weights: np.ndarray,
+) -> State:
+    """The next global state from the aggregated delta, ranks combined as ``how`` says.
+
+    Parameters
+    ----------
+    how : str
+        ``lora.rank-aggregation``: ``"zero-pad"`` (``reference + delta``),
+        ``"holders"`` (each rank component its holders' mean, :func:`mean_over_holders`)
+        or ``"svd"`` (FlexLoRA, :func:`svd_redistribute`; other keys as ``zero-pad``).
+    reference : State
+        The global state the devices started from.
+    delta : State
+        ``sum_i w_i delta_i`` over the devices (as scaled by the aggregation).
+    deltas, ranks, weights
+        Each device's delta (zero-padded, scaled as in ``delta``), rank (None: the
+        run's) and final weight ``w_i``.
+    """
+    if how == "holders":
+        delta = mean_over_holders(delta, ranks, weights)
+    out = {k: (v + delta[k]).astype(np.float32) if k in delta else v for k, v in reference.items()}
+    if how == "svd":
+        out.update(svd_redistribute(reference, deltas, ranks, weights))
+    return out
+
+
+def scaled_state(state: State, scale: float) -> State:
+    """``state`` with every array multiplied by ``scale`` (1: the state itself)."""
+    if scale == 1:
+        return state
+    return {k: (np.asarray(v) * scale).astype(np.asarray(v).dtype) for k, v in state.items()}
+
+
+def svd_redistribute(
+    reference: State, deltas: list[State], ranks: list[int | None], weights: np.ndarray
+) -> State:
+    """FlexLoRA: each shared adapter re-factorised from the mean of the devices' full products.
+
+    Device ``i`` (rank ``r_i``, weight ``w_i``) ends its round with the factors
+    ``B_i = B[:, :r_i] + dB_i`` and ``A_i = A[:r_i] + dA_i`` (its slice of the
+    reference plus its delta). The weighted mean of the products
+    ``W = sum_i w_i B_i A_i`` is what the federation's adapter should compute; its
+    truncated SVD ``U S V^T`` gives the next factors at the run's rank ``R``,
+    ``B = U_R S_R`` and ``A = V_R^T``. The components come ordered
+    by singular value, so a device of rank ``r`` that takes the first ``r``
+    (:func:`truncate_ranks`) gets the best rank-``r`` approximation of ``W``
+    (Eckart-Young), and no device's missing components pull the others toward 0.
+    Every rank has the same ``alpha / R`` scaling, so the products are comparable.
+
+    Parameters
+    ----------
+    reference : State
+        The global state the devices started from (adapters at rank ``R``).
+    deltas : list of State
+        Each device's delta, its adapter arrays zero-padded to ``R``, already
+        scaled as the aggregation scales it (clipping, damping).
+    ranks : list of int or None
+        Each device's rank (None: ``R``).
+    weights : numpy.ndarray
+        ``(n,)`` the devices' final weights, summing to 1.
+
+    Returns
+    -------
+    State
+        The next ``lora_A`` ``(R, in)`` and ``lora_B`` ``(out, R)`` of every shared
+        adapter pair; other keys are not included.
+    """
+    out: State = {}
+    for a_key in sorted(k for k in reference if rank_axis(k) == 0):
+        b_key = a_key.replace("lora_A", "lora_B")
+        if b_key not in reference:
+            continue
+        a_ref = np.asarray(reference[a_key], np.float64)
+        b_ref = np.asarray(reference[b_key], np.float64)
+        full = a_ref.shape[0]
+        mean = np.zeros((b_ref.shape[0], a_ref.shape[1]))
+        for delta, rank, w in zip(deltas, ranks, weights):
+            held = np.arange(full) < (full if rank is None else rank)  # (R,)
+            a = (a_ref + np.asarray(delta.get(a_key, 0.0), np.float64)) * held[:, None]
+            b = (b_ref + np.asarray(delta.get(b_key, 0.0), np.float64)) * held[None, :]
+            mean += w * (b @ a)
+        out[b_key], out[a_key] = _factorise(mean, full)
+        out[a_key] = out[a_key].astype(np.asarray(reference[a_key]).dtype)
+        out[b_key] = out[b_key].astype(np.asarray(reference[b_key]).dtype)
+    return out
+
+
+def _factorise(product: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(out, rank)`` and ``(rank, in)`` factors of the best rank-``rank`` approximation.
+
+    ``B = U S`` and ``A = V^T``: the rows of ``A`` stay orthonormal (unit scale, as
+    LoRA's random ``A``) and the magnitude goes to ``B`` (zero at LoRA's start),
+    so a component with a small singular value still has an ``A`` row that ``B``
+    can learn along; a split ``sqrt(S)`` on each side would shrink both and stall
+    it. When the matrix has fewer than ``rank`` singular values the extra
+    components are 0.
+    """
+    u, s, vt = np.linalg.svd(product, full_matrices=False)
+    k = min(rank, s.shape[0])
+    b = np.zeros((product.shape[0], rank))
+    a = np.zeros((rank, product.shape[1]))
+    b[:, :k] = u[:, :k] * s[None, :k]
+    a[:k] = vt[:k]
+    return b, a

@@ -139,8 +139,9 @@ class LoraSettings(Section):
     profile_ranks: bool = True
     # How devices of different ranks meet (common.lora_ranks): zero-padded FedAvg
     # (HetLoRA's padding; chosen on tuning seeds), or each rank component as the mean
-    # of the devices holding it.
-    rank_aggregation: Literal["zero-pad", "holders"] = "zero-pad"
+    # of the devices holding it, or FlexLoRA's SVD of the mean of the devices'
+    # full products (not with central DP or FedSA).
+    rank_aggregation: Literal["zero-pad", "holders", "svd"] = "zero-pad"
     private_rank: int = Field(8, ge=1)
     private_alpha: float = Field(16.0, gt=0)
     # Encoders' low-rank adapters, shared by devices with the same encoder kind

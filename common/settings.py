@@ -101,6 +101,21 @@ class RunSettings(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _svd_needs_both_factors(self) -> RunSettings:
+        # FlexLoRA averages each device's full product B A: it needs every device's
+        # own factors, which neither a DP release (a noisy mean) nor FedSA (A only) holds.
+        if self.lora.rank_aggregation == "svd" and self.dp.noise_multiplier > 0:
+            raise ValueError(
+                'lora.rank-aggregation = "svd" cannot run with dp.noise-multiplier > 0'
+            )
+        if self.lora.rank_aggregation == "svd" and not self.components.share_b:
+            raise ValueError(
+                f'lora.rank-aggregation = "svd" needs both LoRA factors; method {self.method!r} '
+                "shares only A"
+            )
+        return self
+
     @property
     def components(self) -> Components:
         """Which ML-ECS components and exchanges the method switches on."""

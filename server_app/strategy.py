@@ -14,7 +14,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common.exchange import DeviceUpdate
-from common.lora_ranks import mean_over_holders, state_rank, truncate_ranks
+from common.lora_ranks import next_global, scaled_state, state_rank, truncate_ranks
 from common.settings import RunSettings
 from common.state import State, as_float32
 from proto.messages import (
@@ -266,17 +266,17 @@ class MlEcsStrategy(FedAvg):
         s, result = self.settings, self._round.result
         if not (s.components.federated and accepted):
             return reference
-        if s.dp.noise_multiplier > 0:
+        how, scales = s.lora.rank_aggregation, np.ones(len(accepted))
+        if s.dp.noise_multiplier > 0:  # the settings refuse "svd" with DP
             delta, result.privacy = self._private_aggregate(accepted, n)
             final = np.full(len(accepted), 1 / len(accepted))
         else:
-            delta, final = self._mma(accepted, n)
-            if s.lora.rank_aggregation == "holders":
-                delta = mean_over_holders(delta, [c.rank for c in accepted], final)
+            delta, final, scales = self._mma(accepted, n)
         result.weights = {str(c.node_id): round(float(w), 4) for c, w in zip(accepted, final)}
-        return {
-            k: (v + delta[k]).astype(np.float32) if k in delta else v for k, v in reference.items()
-        }
+        scaled = (
+            [scaled_state(c.delta, x) for c, x in zip(accepted, scales)] if how == "svd" else []
+        )
+        return next_global(how, reference, delta, scaled, [c.rank for c in accepted], final)
 
     def _consensus(self, accepted: list[Contribution], n: int) -> tuple[np.ndarray, np.ndarray]:
         """The devices' consensus ``z^c`` per public id: bounded rows, MMA-weighted.
@@ -316,8 +316,8 @@ class MlEcsStrategy(FedAvg):
         elif comps.rep_exchange and len(cons_ids):
             snap.anchor_ids, snap.anchors = cons_ids, cons
 
-    def _mma(self, accepted: list[Contribution], n: int) -> tuple[State, np.ndarray]:
-        """MMA (or, for methods without it, FedAvg) of the shared deltas; clipped ones logged."""
+    def _mma(self, accepted: list[Contribution], n: int) -> tuple[State, np.ndarray, np.ndarray]:
+        """MMA (or FedAvg) of the shared deltas, final weights, scales; clipped ones logged."""
         mma = mma_in_force(self.settings)
         weights = mma_weights(accepted, len(self.all_modalities), mma.beta, mma.clip_factor)
         clip, dis = mma.clip_factor, mma.disagreement
@@ -325,7 +325,7 @@ class MlEcsStrategy(FedAvg):
         for c, scale in zip(accepted, scales):
             if scale < 1:
                 self.notes.note(n, c.node_id, f"update clipped (x{scale:.3g})")
-        return delta, final
+        return delta, final, scales
 
     def _private_aggregate(self, accepted: list[Contribution], n: int) -> tuple[State, dict]:
         """Central DP: clipped deltas, equal weights, Gaussian noise; the privacy spent."""

@@ -131,6 +131,11 @@ class Trainer:
                 "exp_avg_sq": moment("exp_avg_sq"),
             }
 
+    def forget(self, params: list[nn.Parameter]) -> None:
+        """Drop the optimiser's moments of ``params``: they start again at their next step."""
+        for p in params:
+            self.opt.state.pop(p, None)
+
     # ----------------------------------------------------------------- stages
     def run(
         self,

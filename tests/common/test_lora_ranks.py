@@ -11,12 +11,16 @@ from common.lora_ranks import (
     device_alpha,
     fits_rank,
     mean_over_holders,
+    next_global,
     pad_ranks,
+    scaled_state,
     state_rank,
+    svd_redistribute,
     truncate_ranks,
 )
 from common.model.adapters import SHARED, adapter_state, add_adapters, load_adapter_state
 from common.sections import LoraSettings
+from common.settings import ConfigError, RunSettings
 from common.state import LORA, prefixed, select
 from server_app.contribution import Contribution, check_contribution
 
@@ -64,6 +68,59 @@ def test_the_holders_mean_is_each_components_mean_over_the_devices_holding_it():
     np.testing.assert_allclose(mean["prompt/lora_A"][2:], 3.0)
     np.testing.assert_allclose(mean["enclora/acc/mlp/w/lora_A"], 2.0)  # not a rank key
     assert mean_over_holders(summed, [None, None], weights) is summed  # one rank: FedAvg
+
+
+def _product(state: dict, rank: int | None = None) -> np.ndarray:
+    cut = truncate_ranks(state, rank)
+    return np.asarray(cut[B], np.float64) @ np.asarray(cut[A], np.float64)
+
+
+def test_svd_keeps_the_mean_product_and_gives_each_rank_its_best_approximation():
+    ref = {k: v for k, v in _state(4).items() if k in (A, B)}  # B (3, 4), A (4, 5)
+    low = {k: v * 0.1 for k, v in truncate_ranks(_state(4, seed=1), 2).items() if k in (A, B)}
+    high = {k: v * 0.1 for k, v in _state(4, seed=2).items() if k in (A, B)}
+    deltas = [pad_ranks(d, ref)[0] for d in (low, high)]
+    weights = np.array([0.25, 0.75])
+    new = svd_redistribute(ref, deltas, [2, None], weights)
+    # what each device computes after its round: its slice of ref plus its delta
+    own_low = _product({k: truncate_ranks(ref, 2)[k] + low[k] for k in (A, B)})
+    own_high = _product({k: ref[k] + high[k] for k in (A, B)})
+    mean = 0.25 * own_low + 0.75 * own_high  # (3, 5): rank 3 <= R = 4, kept exactly
+    np.testing.assert_allclose(_product(new), mean, atol=1e-5)
+    # a rank-2 device downloads the best rank-2 approximation (Eckart-Young)
+    s = np.linalg.svd(mean, compute_uv=False)
+    err = np.linalg.norm(mean - _product(new, 2))
+    np.testing.assert_allclose(err, np.sqrt((s[2:] ** 2).sum()), rtol=1e-4)
+    # A's rows orthonormal, the components in the order of their singular values
+    a = np.asarray(new[A], np.float64)
+    np.testing.assert_allclose(a[:3] @ a[:3].T, np.eye(3), atol=1e-5)
+    norms = np.linalg.norm(new[B], axis=0)
+    assert np.all(np.diff(norms[:3]) <= 1e-6) and new[A].dtype == np.float32
+
+
+def test_next_global_combines_ranks_as_the_setting_says():
+    ref = _state(4)
+    deltas = [pad_ranks(truncate_ranks(_state(4, seed=s), 2 + 2 * s), ref)[0] for s in (0, 1)]
+    weights, ranks = np.array([0.5, 0.5]), [2, None]
+    summed = {k: sum(w * d[k] for w, d in zip(weights, deltas)) for k in ref}
+    padded = next_global("zero-pad", ref, summed, deltas, ranks, weights)
+    np.testing.assert_allclose(padded[A], ref[A] + summed[A])
+    holders = next_global("holders", ref, summed, deltas, ranks, weights)
+    np.testing.assert_allclose(holders[A][2:], ref[A][2:] + deltas[1][A][2:], rtol=1e-6)
+    svd = next_global("svd", ref, summed, deltas, ranks, weights)
+    np.testing.assert_allclose(svd[A], svd_redistribute(ref, deltas, ranks, weights)[A])
+    # keys without a partner factor (and encoder adapters) move by the mean delta
+    for key in ("prompt/lora_A", "enclora/acc/mlp/w/lora_A"):
+        np.testing.assert_allclose(svd[key], padded[key])
+    assert scaled_state(ref, 1) is ref and np.allclose(scaled_state(ref, 0.5)[A], ref[A] / 2)
+
+
+def test_svd_is_refused_where_no_device_factors_reach_the_server():
+    RunSettings.from_run_config({"lora.rank-aggregation": "svd"})  # the default method: fine
+    with pytest.raises(ConfigError, match="dp.noise-multiplier"):
+        RunSettings.from_run_config({"lora.rank-aggregation": "svd", "dp.noise-multiplier": 1.0})
+    with pytest.raises(ConfigError, match="shares only A"):
+        RunSettings.from_run_config({"lora.rank-aggregation": "svd", "method": "fedsa"})
 
 
 class _Net(nn.Module):

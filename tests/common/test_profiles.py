@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,6 +26,7 @@ from common.settings import RunSettings
 from experiments.device_bytes import bytes_by_rank
 from experiments.devices import encoder_groups
 from experiments.local_grid import InProcessGrid
+from server_app.checkpoint import load_checkpoint
 from server_app.run import ServerRun
 
 
@@ -135,3 +137,28 @@ def test_a_federation_of_mixed_profiles_trains_each_device_as_its_box(tiny_confi
     by_rank = bytes_by_rank(Path(config["output-dir"]) / "mix")
     assert sorted(by_rank) == [4, 8] and [by_rank[r]["devices"] for r in (4, 8)] == [1, 2]
     assert 0.5 < by_rank[4]["lora_up"] / by_rank[8]["lora_up"] < 0.56
+
+
+def test_a_federation_of_two_ranks_runs_with_flexloras_svd(tiny_config):
+    config = {
+        **tiny_config,
+        "profile-mix": "sbc-8gb:1,phone:1",  # ranks 8 and 4
+        "lora.rank-aggregation": "svd",
+        "run-name": "svd",
+    }
+    handlers._DEVICES.clear()
+    threads = torch.get_num_threads()
+    try:
+        summary = ServerRun(RunSettings.from_run_config(config)).run(
+            InProcessGrid(client_app, config, 2)
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["rounds"] == config["num-server-rounds"]
+    state = load_checkpoint(Path(config["output-dir"]) / "svd").global_state
+    a_keys = [k for k in state if k.startswith("lora/") and "lora_A" in k]
+    assert a_keys
+    for key in a_keys:  # every backbone adapter re-factorised: A's rows orthonormal
+        a = np.asarray(state[key], np.float64)
+        np.testing.assert_allclose(a @ a.T, np.eye(a.shape[0]), atol=1e-4, err_msg=key)
+        assert np.isfinite(state[key.replace("lora_A", "lora_B")]).all()

@@ -44,6 +44,19 @@ def test_local_step_changes_only_trained_parameters(tiny_config: dict):
     assert not any(".private." in n for n in changed)
 
 
+def test_the_trainer_forgets_the_moments_of_the_parameters_it_is_told(tiny_config: dict):
+    s, data, model = _device(tiny_config)
+    shared = adapter_parameters(model.lm, SHARED)
+    params = shared + model.connector.private_parameters()
+    trainer = Trainer(model, params, lr=1e-2)
+    trainer.run(data.train, params, 2, 8, np.random.default_rng(0))
+    kept = trainer.state()
+    trainer.forget(shared)  # as a device does under FlexLoRA's re-factorised adapters
+    left = trainer.state()
+    assert len(left) < len(kept) and left and set(left) < set(kept)
+    assert not any(".shared." in k for k in left)
+
+
 def test_lora_state_round_trips_through_arrayrecord(tiny_config: dict):
     _, data, a = _device(tiny_config)
     for p in adapter_parameters(a.lm, SHARED):
