@@ -228,7 +228,9 @@ def sweep(configs: list[dict], num_nodes: int, jobs: int) -> list[dict]:
     todo = [i for i, r in enumerate(results) if r is None]
     print(f"{len(configs) - len(todo)} of {len(configs)} runs already done", flush=True)
     start = time.time()
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    # One torch thread per run whatever ``jobs``: the thread count splits floating-point
+    # sums, so it changes a run's numbers; a config's ``threads`` pins another.
+    threads = 1
 
     def report(i: int, k: int) -> None:
         s = results[i]
@@ -242,7 +244,10 @@ def sweep(configs: list[dict], num_nodes: int, jobs: int) -> list[dict]:
         )
 
     if jobs <= 1:
+        import torch
+
         for k, i in enumerate(todo, 1):
+            torch.set_num_threads(threads)
             results[i] = run_one(prepare(configs[i]), num_nodes)
             report(i, k)
     else:

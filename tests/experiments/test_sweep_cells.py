@@ -40,6 +40,28 @@ def test_finished_cells_are_skipped_and_a_resumed_cell_counts_as_finished(
         runner.sweep([{**config, "output-dir": str(moved), "train.lr": 0.01}], NODES, 1)
 
 
+def test_every_run_of_a_sweep_has_one_torch_thread_whatever_the_jobs(
+    tiny_config: dict, monkeypatch: pytest.MonkeyPatch
+):
+    import torch
+
+    seen: list[int] = []
+
+    def record(config: dict, num_nodes: int) -> dict:
+        seen.append(torch.get_num_threads())
+        return {"tail": {}, "seconds": 0.0}
+
+    monkeypatch.setattr(runner, "run_one", record)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        configs = [{**tiny_config, "run-name": f"t{i}", "seed": i} for i in range(2)]
+        runner.sweep(configs, 2, jobs=1)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1]  # jobs=2 runs each in a worker pinned to 1 thread too
+
+
 def test_a_key_added_after_a_run_counts_at_the_value_it_ran_with():
     wanted = runner.resolved({"method": "mlecs", "seed": 0, "ccl.cloud": True})
     older = {k: v for k, v in wanted.items() if k != "ccl.cloud"}  # saved before the key
