@@ -246,10 +246,14 @@ def sweep(configs: list[dict], num_nodes: int, jobs: int) -> list[dict]:
     if jobs <= 1:
         import torch
 
-        for k, i in enumerate(todo, 1):
-            torch.set_num_threads(threads)
-            results[i] = run_one(prepare(configs[i]), num_nodes)
-            report(i, k)
+        before = torch.get_num_threads()
+        try:  # the caller's thread count is its own: restored after the runs
+            for k, i in enumerate(todo, 1):
+                torch.set_num_threads(threads)
+                results[i] = run_one(prepare(configs[i]), num_nodes)
+                report(i, k)
+        finally:
+            torch.set_num_threads(before)
     else:
         with ProcessPoolExecutor(
             jobs,

@@ -57,6 +57,7 @@ def test_every_run_of_a_sweep_has_one_torch_thread_whatever_the_jobs(
         torch.set_num_threads(2)
         configs = [{**tiny_config, "run-name": f"t{i}", "seed": i} for i in range(2)]
         runner.sweep(configs, 2, jobs=1)
+        assert torch.get_num_threads() == 2  # the caller's count, restored
     finally:
         torch.set_num_threads(before)
     assert seen == [1, 1]  # jobs=2 runs each in a worker pinned to 1 thread too
