@@ -166,6 +166,7 @@ def next_global(
     deltas: list[State],
     ranks: list[int | None],
     weights: np.ndarray,
+    scales: np.ndarray,
 ) -> State:
     """The next global state from the aggregated delta, ranks combined as ``how`` says.
 
@@ -179,27 +180,24 @@ def next_global(
         The global state the devices started from.
     delta : State
         ``sum_i w_i delta_i`` over the devices (as scaled by the aggregation).
-    deltas, ranks, weights
-        Each device's delta (zero-padded, scaled as in ``delta``), rank (None: the
-        run's) and final weight ``w_i``.
+    deltas, ranks, weights, scales
+        Each device's delta (zero-padded), rank (None: the run's), final weight
+        ``w_i`` and the factor the aggregation scaled its delta by (clipping).
     """
     if how == "holders":
         delta = mean_over_holders(delta, ranks, weights)
     out = {k: (v + delta[k]).astype(np.float32) if k in delta else v for k, v in reference.items()}
     if how == "svd":
-        out.update(svd_redistribute(reference, deltas, ranks, weights))
+        out.update(svd_redistribute(reference, deltas, ranks, weights, scales))
     return out
 
 
-def scaled_state(state: State, scale: float) -> State:
-    """``state`` with every array multiplied by ``scale`` (1: the state itself)."""
-    if scale == 1:
-        return state
-    return {k: (np.asarray(v) * scale).astype(np.asarray(v).dtype) for k, v in state.items()}
-
-
 def svd_redistribute(
-    reference: State, deltas: list[State], ranks: list[int | None], weights: np.ndarray
+    reference: State,
+    deltas: list[State],
+    ranks: list[int | None],
+    weights: np.ndarray,
+    scales: np.ndarray | None = None,
 ) -> State:
     """FlexLoRA: each shared adapter re-factorised from the mean of the devices' full products.
 
@@ -208,7 +206,8 @@ def svd_redistribute(
     reference plus its delta). The weighted mean of the products
     ``W = sum_i w_i B_i A_i`` is what the federation's adapter should compute; its
     truncated SVD ``U S V^T`` gives the next factors at the run's rank ``R``,
-    ``B = U_R S_R`` and ``A = V_R^T``. The components come ordered
+    ``B = U_R S_R`` and ``A = V_R^T`` (``dB_i``, ``dA_i`` as the aggregation scaled
+    them: ``scales[i]``, 1 when not given). The components come ordered
     by singular value, so a device of rank ``r`` that takes the first ``r``
     (:func:`truncate_ranks`) gets the best rank-``r`` approximation of ``W``
     (Eckart-Young), and no device's missing components pull the others toward 0.
@@ -219,12 +218,13 @@ def svd_redistribute(
     reference : State
         The global state the devices started from (adapters at rank ``R``).
     deltas : list of State
-        Each device's delta, its adapter arrays zero-padded to ``R``, already
-        scaled as the aggregation scales it (clipping, damping).
+        Each device's delta, its adapter arrays zero-padded to ``R``.
     ranks : list of int or None
         Each device's rank (None: ``R``).
     weights : numpy.ndarray
         ``(n,)`` the devices' final weights, summing to 1.
+    scales : numpy.ndarray, optional
+        ``(n,)`` the factor each device's delta is scaled by (norm clipping).
 
     Returns
     -------
@@ -232,6 +232,7 @@ def svd_redistribute(
         The next ``lora_A`` ``(R, in)`` and ``lora_B`` ``(out, R)`` of every shared
         adapter pair; other keys are not included.
     """
+    scales = np.ones(len(deltas)) if scales is None else scales
     out: State = {}
     for a_key in sorted(k for k in reference if rank_axis(k) == 0):
         b_key = a_key.replace("lora_A", "lora_B")
@@ -241,14 +242,14 @@ def svd_redistribute(
         b_ref = np.asarray(reference[b_key], np.float64)
         full = a_ref.shape[0]
         mean = np.zeros((b_ref.shape[0], a_ref.shape[1]))
-        for delta, rank, w in zip(deltas, ranks, weights):
+        for delta, rank, w, x in zip(deltas, ranks, weights, scales):
             held = np.arange(full) < (full if rank is None else rank)  # (R,)
-            a = (a_ref + np.asarray(delta.get(a_key, 0.0), np.float64)) * held[:, None]
-            b = (b_ref + np.asarray(delta.get(b_key, 0.0), np.float64)) * held[None, :]
+            a = (a_ref + x * np.asarray(delta.get(a_key, 0.0), np.float64)) * held[:, None]
+            b = (b_ref + x * np.asarray(delta.get(b_key, 0.0), np.float64)) * held[None, :]
             mean += w * (b @ a)
-        out[b_key], out[a_key] = _factorise(mean, full)
-        out[a_key] = out[a_key].astype(np.asarray(reference[a_key]).dtype)
-        out[b_key] = out[b_key].astype(np.asarray(reference[b_key]).dtype)
+        b, a = _factorise(mean, full)
+        out[a_key] = a.astype(np.asarray(reference[a_key]).dtype)
+        out[b_key] = b.astype(np.asarray(reference[b_key]).dtype)
     return out
 
 

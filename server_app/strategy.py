@@ -14,7 +14,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common.exchange import DeviceUpdate
-from common.lora_ranks import next_global, scaled_state, state_rank, truncate_ranks
+from common.lora_ranks import next_global, state_rank, truncate_ranks
 from common.settings import RunSettings
 from common.state import State, as_float32
 from proto.messages import (
@@ -273,10 +273,8 @@ class MlEcsStrategy(FedAvg):
         else:
             delta, final, scales = self._mma(accepted, n)
         result.weights = {str(c.node_id): round(float(w), 4) for c, w in zip(accepted, final)}
-        scaled = (
-            [scaled_state(c.delta, x) for c, x in zip(accepted, scales)] if how == "svd" else []
-        )
-        return next_global(how, reference, delta, scaled, [c.rank for c in accepted], final)
+        deltas, ranks = [c.delta for c in accepted], [c.rank for c in accepted]
+        return next_global(how, reference, delta, deltas, ranks, final, scales)
 
     def _consensus(self, accepted: list[Contribution], n: int) -> tuple[np.ndarray, np.ndarray]:
         """The devices' consensus ``z^c`` per public id: bounded rows, MMA-weighted.

@@ -13,7 +13,6 @@ from common.lora_ranks import (
     mean_over_holders,
     next_global,
     pad_ranks,
-    scaled_state,
     state_rank,
     svd_redistribute,
     truncate_ranks,
@@ -101,18 +100,21 @@ def test_svd_keeps_the_mean_product_and_gives_each_rank_its_best_approximation()
 def test_next_global_combines_ranks_as_the_setting_says():
     ref = _state(4)
     deltas = [pad_ranks(truncate_ranks(_state(4, seed=s), 2 + 2 * s), ref)[0] for s in (0, 1)]
-    weights, ranks = np.array([0.5, 0.5]), [2, None]
+    weights, ranks, ones = np.array([0.5, 0.5]), [2, None], np.ones(2)
     summed = {k: sum(w * d[k] for w, d in zip(weights, deltas)) for k in ref}
-    padded = next_global("zero-pad", ref, summed, deltas, ranks, weights)
+    padded = next_global("zero-pad", ref, summed, deltas, ranks, weights, ones)
     np.testing.assert_allclose(padded[A], ref[A] + summed[A])
-    holders = next_global("holders", ref, summed, deltas, ranks, weights)
+    holders = next_global("holders", ref, summed, deltas, ranks, weights, ones)
     np.testing.assert_allclose(holders[A][2:], ref[A][2:] + deltas[1][A][2:], rtol=1e-6)
-    svd = next_global("svd", ref, summed, deltas, ranks, weights)
+    svd = next_global("svd", ref, summed, deltas, ranks, weights, ones)
     np.testing.assert_allclose(svd[A], svd_redistribute(ref, deltas, ranks, weights)[A])
     # keys without a partner factor (and encoder adapters) move by the mean delta
     for key in ("prompt/lora_A", "enclora/acc/mlp/w/lora_A"):
         np.testing.assert_allclose(svd[key], padded[key])
-    assert scaled_state(ref, 1) is ref and np.allclose(scaled_state(ref, 0.5)[A], ref[A] / 2)
+    # a clipped device's delta counts as scaled: the same as handing over the scaled delta
+    halved = [deltas[0], {k: v * 0.5 for k, v in deltas[1].items()}]
+    clipped = svd_redistribute(ref, deltas, ranks, weights, np.array([1.0, 0.5]))
+    np.testing.assert_allclose(clipped[A], svd_redistribute(ref, halved, ranks, weights)[A])
 
 
 def test_svd_is_refused_where_no_device_factors_reach_the_server():

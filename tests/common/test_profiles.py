@@ -102,16 +102,21 @@ def test_the_memory_note_speaks_only_past_its_share_of_the_box():
     assert note and "'tiny'" in note and "0.001 GiB" in note
 
 
-def test_a_federation_of_mixed_profiles_trains_each_device_as_its_box(tiny_config):
-    config = {**tiny_config, "profile-mix": "sbc-8gb:1,jetson-orin:1,phone:1", "run-name": "mix"}
+def _federate(config: dict, num_nodes: int) -> dict:
+    """An in-process federation of ``config``; its summary (devices kept in ``handlers``)."""
     handlers._DEVICES.clear()
     threads = torch.get_num_threads()
     try:
-        summary = ServerRun(RunSettings.from_run_config(config)).run(
-            InProcessGrid(client_app, config, 3)
+        return ServerRun(RunSettings.from_run_config(config)).run(
+            InProcessGrid(client_app, config, num_nodes)
         )
     finally:
         torch.set_num_threads(threads)  # the profiles' threads must not leak into later tests
+
+
+def test_a_federation_of_mixed_profiles_trains_each_device_as_its_box(tiny_config):
+    config = {**tiny_config, "profile-mix": "sbc-8gb:1,jetson-orin:1,phone:1", "run-name": "mix"}
+    summary = _federate(config, 3)
     assert summary["rounds"] == config["num-server-rounds"]
     built = {d.ident.partition_id: d.settings for d in handlers._DEVICES.values()}
     assert built[0].train.batch_size == 16 and built[0].threads == 4  # sbc-8gb
@@ -146,14 +151,7 @@ def test_a_federation_of_two_ranks_runs_with_flexloras_svd(tiny_config):
         "lora.rank-aggregation": "svd",
         "run-name": "svd",
     }
-    handlers._DEVICES.clear()
-    threads = torch.get_num_threads()
-    try:
-        summary = ServerRun(RunSettings.from_run_config(config)).run(
-            InProcessGrid(client_app, config, 2)
-        )
-    finally:
-        torch.set_num_threads(threads)
+    summary = _federate(config, 2)
     assert summary["rounds"] == config["num-server-rounds"]
     state = load_checkpoint(Path(config["output-dir"]) / "svd").global_state
     a_keys = [k for k in state if k.startswith("lora/") and "lora_A" in k]
