@@ -61,6 +61,11 @@ class DeviceIdentity:
     modalities: tuple[str, ...] | None = None
 
 
+# In the local state: the round the device last trained in (its optimiser's moments
+# belong to the basis of the adapters it got then).
+TRAINED_ROUND = "device/trained-round"
+
+
 class Device:
     """A device's data, model and optimiser for one message, restored from its local state."""
 
@@ -94,6 +99,7 @@ class Device:
             lr=t.lr,
             weight_decay=t.weight_decay,
         )
+        self.trained_round = 0  # restored from the local state
 
     # ------------------------------------------------------------------ state
     def restore(self, local: State | None, payload: GlobalPayload) -> None:
@@ -101,9 +107,10 @@ class Device:
         if local:
             load_local_state(self.model, local)
             self.trainer.load_state(local)
-            if self.settings.lora.rank_aggregation == "svd":
-                # The server re-factorises these adapters each round (FlexLoRA): in
-                # the new basis last round's moments point nowhere in particular.
+            self.trained_round = int(local.get(TRAINED_ROUND, 0))
+            if self.trained_round and payload.refactorised_round >= self.trained_round:
+                # The server re-factorised these adapters since (FlexLoRA): in the
+                # new basis the moments of the old one point nowhere in particular.
                 m = self.model
                 self.trainer.forget(
                     [*m.connector.shared_parameters(), *adapter_parameters(m.lm, SHARED)]
@@ -124,6 +131,7 @@ class Device:
         comps = self.settings.components
         keep = comps.amt or not comps.federated or not comps.share_b
         state = {**local_state(self.model, keep_shared=keep), **self.trainer.state()}
+        state[TRAINED_ROUND] = np.asarray(self.trained_round, np.int64)
         if not self.settings.lora.encoder_share:  # never in the global state: keep them here
             state.update(prefixed(encoder_state(self.model), OWN_SHARED))
         return state
@@ -132,6 +140,7 @@ class Device:
     def train(self, payload: GlobalPayload, server_round: int) -> DeviceUpdate:
         """Run this round's local training and build the update."""
         s, comps = self.settings, self.settings.components
+        self.trained_round = server_round
         start = self.shared_state()
         rng = np.random.default_rng([s.seed, self.ident.partition_id, server_round])
         terms = self._loss_terms(payload, rng)

@@ -42,6 +42,10 @@ class GlobalPayload:
         The round this payload belongs to (0 when unknown).
     round_token : str
         The server's token for this round; the device echoes it in its update.
+    refactorised_round : int
+        The last round whose aggregation re-factorised the shared adapters
+        (FlexLoRA), 0 when none: a device that trained in that round or before
+        drops its optimiser moments of them, which belong to the old basis.
     """
 
     state: State = field(default_factory=dict)
@@ -51,6 +55,7 @@ class GlobalPayload:
     prototypes: np.ndarray = field(default_factory=_no_rows)
     server_round: int = 0
     round_token: str = ""
+    refactorised_round: int = 0
 
 
 @dataclass

@@ -7,14 +7,17 @@ and ``alpha_r = alpha * r / R``, so that every rank has the same scaling
 components: ``(alpha / R) B[:, :r] A[:r]`` (HetLoRA's truncation).
 
 The server zero-pads a rank-``r`` delta to ``R`` and averages the padded deltas
-(``lora.rank-aggregation = "zero-pad"``, the default: a component that only some
-devices hold is averaged with the others' zeros, so it moves by its holders' share
-of the weight). With ``"holders"`` each component ``j`` is instead divided by the
-weight of the devices that hold it (:func:`coverage`), the mean of its holders'
-updates. With one rank for every device both are plain FedAvg of the factors.
-With ``"svd"`` (FlexLoRA) the server averages each device's full product ``B A``
-and re-factorises the mean by a truncated SVD (:func:`svd_redistribute`); this is
-not FedAvg of the factors even at one rank.
+(``lora.rank-aggregation = "zero-pad"``, and ``"auto"`` under central DP or FedSA:
+a component that only some devices hold is averaged with the others' zeros, so it
+moves by its holders' share of the weight). With ``"holders"`` each component ``j``
+is instead divided by the weight of the devices that hold it (:func:`coverage`), the
+mean of its holders' updates. With one rank for every device both are plain FedAvg
+of the factors. With ``"svd"`` (FlexLoRA; ``"auto"``, the default, otherwise) the
+server averages each device's full product ``B A`` and re-factorises the mean by a
+truncated SVD (:func:`svd_redistribute`), but only in a round where an accepted
+device holds less than the run's rank (:func:`refactorises`): when all hold the
+run's rank it is FedAvg of the factors like the others, so a single-rank run is the
+same under every setting.
 
 The shared adapters built with ``lora.rank`` may differ in rank: the backbone's
 LoRA (``lora/`` keys) and the prompt map's low-rank update (``prompt/``); the
@@ -159,6 +162,15 @@ def mean_over_holders(delta: State, ranks: list[int | None], weights: np.ndarray
     return renormalise(delta, coverage(ranks, weights, full))
 
 
+def refactorises(how: str, ranks: list[int | None]) -> bool:
+    """Whether ``how`` re-factorises this round's adapters: ``"svd"``, a device below ``R``.
+
+    ``ranks`` are the accepted devices' ranks, None for the run's rank ``R`` (a
+    lower rank is recorded only when it differs from ``R``).
+    """
+    return how == "svd" and any(r is not None for r in ranks)
+
+
 def next_global(
     how: str,
     reference: State,
@@ -175,7 +187,8 @@ def next_global(
     how : str
         ``lora.rank-aggregation``: ``"zero-pad"`` (``reference + delta``),
         ``"holders"`` (each rank component its holders' mean, :func:`mean_over_holders`)
-        or ``"svd"`` (FlexLoRA, :func:`svd_redistribute`; other keys as ``zero-pad``).
+        or ``"svd"`` (FlexLoRA, :func:`svd_redistribute`, when a device is below the
+        run's rank (:func:`refactorises`); otherwise, and for other keys, as ``zero-pad``).
     reference : State
         The global state the devices started from.
     delta : State
@@ -187,7 +200,7 @@ def next_global(
     if how == "holders":
         delta = mean_over_holders(delta, ranks, weights)
     out = {k: (v + delta[k]).astype(np.float32) if k in delta else v for k, v in reference.items()}
-    if how == "svd":
+    if refactorises(how, ranks):
         out.update(svd_redistribute(reference, deltas, ranks, weights, scales))
     return out
 

@@ -137,11 +137,12 @@ class LoraSettings(Section):
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
     profile_ranks: bool = True
-    # How devices of different ranks meet (common.lora_ranks): zero-padded FedAvg
-    # (HetLoRA's padding; chosen on tuning seeds), or each rank component as the mean
-    # of the devices holding it, or FlexLoRA's SVD of the mean of the devices'
-    # full products (not with central DP or FedSA).
-    rank_aggregation: Literal["zero-pad", "holders", "svd"] = "zero-pad"
+    # How devices of different ranks meet (common.lora_ranks): FlexLoRA's SVD of the
+    # mean of the devices' full products (not with central DP or FedSA; chosen on
+    # tuning seeds), zero-padded FedAvg (HetLoRA's padding), or each rank component as
+    # the mean of the devices holding it; "auto": svd where it can run, else zero-pad.
+    # All are FedAvg of the factors when every device holds the run's rank.
+    rank_aggregation: Literal["auto", "svd", "zero-pad", "holders"] = "auto"
     private_rank: int = Field(8, ge=1)
     private_alpha: float = Field(16.0, gt=0)
     # Encoders' low-rank adapters, shared by devices with the same encoder kind

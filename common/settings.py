@@ -117,6 +117,14 @@ class RunSettings(Section):
         return self
 
     @property
+    def rank_aggregation(self) -> str:
+        """``lora.rank-aggregation`` in force: ``"auto"`` is ``"svd"`` where it can run."""
+        how = self.lora.rank_aggregation
+        if how != "auto":
+            return how
+        return "svd" if self.dp.noise_multiplier == 0 and self.components.share_b else "zero-pad"
+
+    @property
     def components(self) -> Components:
         """Which ML-ECS components and exchanges the method switches on."""
         return Components.for_method(self.method)

@@ -41,6 +41,7 @@ from proto.records import (
 
 SERVER_ROUND = "server-round"  # injected into every instruction's config by FedAvg
 ROUND_TOKEN = "round-token"  # the server's token for the round, echoed in train replies
+REFACTORISED_ROUND = "refactorised-round"  # the last round FlexLoRA changed the adapters' basis
 EVALUATION = "evaluation"  # a train reply's scores of the device's personal model
 
 
@@ -146,6 +147,7 @@ def read_instruction(content: RecordDict) -> GlobalPayload:
     config = content.config_records.get(CONFIG)
     server_round = int(config[SERVER_ROUND]) if config and SERVER_ROUND in config else 0
     token = str(config[ROUND_TOKEN]) if config and ROUND_TOKEN in config else ""
+    refactorised = int(config[REFACTORISED_ROUND]) if config and REFACTORISED_ROUND in config else 0
     return GlobalPayload(
         round_token=token,
         state=as_float32(state),
@@ -154,6 +156,7 @@ def read_instruction(content: RecordDict) -> GlobalPayload:
         prototype_classes=protos.get(CLASSES, np.zeros(0, np.int64)),
         prototypes=protos.get(Z, np.zeros((0, 0), np.float32)).astype(np.float32),
         server_round=server_round,
+        refactorised_round=refactorised,
     )
 
 

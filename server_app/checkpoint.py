@@ -36,6 +36,7 @@ class StrategySnapshot:
     anchors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     public_ids: dict[int, np.ndarray] = field(default_factory=dict)
     dp_releases: list[int] = field(default_factory=list)  # devices per private release
+    refactorised_round: int = 0  # the last round FlexLoRA re-factorised the adapters
 
     def share_anchors(self, partition: int) -> tuple[np.ndarray, np.ndarray]:
         """The anchor rows of ``partition``'s public ids, or the whole table.
@@ -83,6 +84,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         "config": ckpt.config,
         "public_ids": {str(k): v.tolist() for k, v in st.public_ids.items()},
         "dp_releases": list(st.dp_releases),
+        "refactorised_round": st.refactorised_round,
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     return write_npz(Path(run_dir) / CHECKPOINT, arrays, mode=PRIVATE)
@@ -122,6 +124,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
             anchors=data["anchors/z"],
             public_ids={int(k): np.array(v, np.int64) for k, v in meta["public_ids"].items()},
             dp_releases=[int(n) for n in meta.get("dp_releases", [])],
+            refactorised_round=int(meta.get("refactorised_round", 0)),
         )
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"checkpoint {path} is unreadable: {err!r}") from None

@@ -14,10 +14,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common.exchange import DeviceUpdate
-from common.lora_ranks import next_global, state_rank, truncate_ranks
+from common.lora_ranks import next_global, refactorises, state_rank, truncate_ranks
 from common.settings import RunSettings
 from common.state import State, as_float32
 from proto.messages import (
+    REFACTORISED_ROUND,
     ROUND_TOKEN,
     SERVER_ROUND,
     PackedState,
@@ -120,6 +121,7 @@ class MlEcsStrategy(FedAvg):
         self.notes.start_round()
         config[SERVER_ROUND] = n
         config[ROUND_TOKEN] = token  # devices echo it: replies from elsewhere are refused
+        config[REFACTORISED_ROUND] = self._snapshot.refactorised_round
         st = self.settings.strategy
         nodes = sample_devices(
             grid, st.fraction_train, st.min_nodes, st.round_timeout, n, seed=self.settings.seed
@@ -266,7 +268,7 @@ class MlEcsStrategy(FedAvg):
         s, result = self.settings, self._round.result
         if not (s.components.federated and accepted):
             return reference
-        how, scales = s.lora.rank_aggregation, np.ones(len(accepted))
+        how, scales = s.rank_aggregation, np.ones(len(accepted))
         if s.dp.noise_multiplier > 0:  # the settings refuse "svd" with DP
             delta, result.privacy = self._private_aggregate(accepted, n)
             final = np.full(len(accepted), 1 / len(accepted))
@@ -274,6 +276,8 @@ class MlEcsStrategy(FedAvg):
             delta, final, scales = self._mma(accepted, n)
         result.weights = {str(c.node_id): round(float(w), 4) for c, w in zip(accepted, final)}
         deltas, ranks = [c.delta for c in accepted], [c.rank for c in accepted]
+        if refactorises(how, ranks):  # devices drop their moments of the old basis
+            self._snapshot.refactorised_round = n
         return next_global(how, reference, delta, deltas, ranks, final, scales)
 
     def _consensus(self, accepted: list[Contribution], n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from client_app.device import Device, DeviceIdentity
+from client_app.device import TRAINED_ROUND, Device, DeviceIdentity
 from common.exchange import GlobalPayload
 from common.model.factory import reference_edge_model
 from common.model.state import encoder_state, initial_global_state
@@ -152,3 +154,29 @@ def test_unshared_encoder_adapters_stay_on_the_device_across_rounds(tiny_config:
     for k, v in encoder_state(again.model).items():
         if k.startswith("enclora/"):
             np.testing.assert_array_equal(v, trained[k])
+
+
+def test_moments_of_adapters_refactorised_since_the_device_trained_are_dropped(
+    tiny_config: dict,
+):
+    # Prepare: a device that trained in round 3
+    settings = RunSettings.from_run_config({**tiny_config, "method": "fedit"})
+    payload = GlobalPayload(state=initial_global_state(settings, reference_edge_model(settings)))
+    first = Device(settings, DeviceIdentity(1, 2))
+    first.restore(None, payload)
+    first.train(payload, server_round=3)
+    saved = first.local_state()
+    assert int(saved[TRAINED_ROUND]) == 3
+    moments = {k for k in saved if k.startswith("opt/")}
+    for refactorised, kept in ((0, True), (2, True), (3, False), (5, False)):
+        # Execute: restored under a server whose last re-factorisation was `refactorised`
+        again = Device(settings, DeviceIdentity(1, 2))
+        again.restore(saved, replace(payload, refactorised_round=refactorised))
+        left = {k for k in again.local_state() if k.startswith("opt/")}
+        # Assert: moments of the old basis go (the shared adapters' only), others stay
+        if kept:
+            assert left == moments, refactorised
+        else:
+            gone = moments - left
+            assert gone and left, refactorised  # encoders' and connector's own stay
+            assert not any("encoder" in k for k in gone), sorted(gone)

@@ -13,6 +13,7 @@ from common.lora_ranks import (
     mean_over_holders,
     next_global,
     pad_ranks,
+    refactorises,
     state_rank,
     svd_redistribute,
     truncate_ranks,
@@ -173,3 +174,26 @@ def test_a_lower_rank_delta_is_accepted_and_a_mixed_or_higher_one_is_not():
     assert any("several ranks" in p for p in problems(mixed))
     higher = {**ref, A: np.zeros((5, 5), np.float32)}
     assert any("has shape (5, 5), expected (4, 5)" in p for p in problems(higher))
+
+
+def test_svd_refactorises_only_when_a_device_is_below_the_runs_rank():
+    ref = _state(4)
+    deltas = [pad_ranks(_state(4, seed=s), ref)[0] for s in (0, 1)]
+    weights, ones = np.array([0.3, 0.7]), np.ones(2)
+    summed = {k: sum(w * d[k] for w, d in zip(weights, deltas)) for k in ref}
+    assert not refactorises("svd", [None, None]) and refactorises("svd", [None, 2])
+    assert refactorises("svd", [2, 2]) and not refactorises("zero-pad", [None, 2])
+    # every device at the run's rank: FedAvg of the factors, whatever the setting
+    one_rank = next_global("svd", ref, summed, deltas, [None, None], weights, ones)
+    padded = next_global("zero-pad", ref, summed, deltas, [None, None], weights, ones)
+    for key, value in padded.items():
+        np.testing.assert_array_equal(one_rank[key], value)
+
+
+def test_auto_is_svd_where_the_devices_factors_reach_the_server():
+    def how(**config) -> str:
+        return RunSettings.from_run_config(config).rank_aggregation
+
+    assert how() == "svd" and how(method="fedit") == "svd"
+    assert how(**{"dp.noise-multiplier": 1.0}) == "zero-pad" and how(method="fedsa") == "zero-pad"
+    assert how(**{"lora.rank-aggregation": "holders"}) == "holders"

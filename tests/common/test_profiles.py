@@ -153,7 +153,9 @@ def test_a_federation_of_two_ranks_runs_with_flexloras_svd(tiny_config):
     }
     summary = _federate(config, 2)
     assert summary["rounds"] == config["num-server-rounds"]
-    state = load_checkpoint(Path(config["output-dir"]) / "svd").global_state
+    ckpt = load_checkpoint(Path(config["output-dir"]) / "svd")
+    assert ckpt.strategy.refactorised_round == config["num-server-rounds"]
+    state = ckpt.global_state
     a_keys = [k for k in state if k.startswith("lora/") and "lora_A" in k]
     assert a_keys
     for key in a_keys:  # every backbone adapter re-factorised: A's rows orthonormal

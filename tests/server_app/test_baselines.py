@@ -36,19 +36,24 @@ def _replies(grid_factory, config: dict, rounds: int = 1):
     return out, run
 
 
-def test_fedprox_with_mu_zero_is_fedit(tiny_config: dict):
+def test_fedprox_with_mu_zero_and_svd_at_one_rank_are_fedit(tiny_config: dict):
     out = Path(tiny_config["output-dir"])
     fedit = run_one({**tiny_config, "method": "fedit", "run-name": "fedit"}, NODES)
     prox = run_one(
         {**tiny_config, "method": "fedprox", "fedprox.mu": 0.0, "run-name": "prox0"}, NODES
     )
     run_one({**tiny_config, "method": "fedprox", "fedprox.mu": 10.0, "run-name": "prox10"}, NODES)
+    # one rank for all: FlexLoRA's SVD (the default, "auto") never acts, FedAvg as zero-pad
+    run_one({**tiny_config, "method": "fedit", "lora.rank-aggregation": "zero-pad",
+             "run-name": "padded"}, NODES)  # fmt: skip
     assert prox["final"] == fedit["final"]
-    plain, zero, strong = (
-        load_checkpoint(out / n).global_state for n in ("fedit", "prox0", "prox10")
+    plain, zero, strong, padded = (
+        load_checkpoint(out / n).global_state for n in ("fedit", "prox0", "prox10", "padded")
     )
+    assert load_checkpoint(out / "fedit").strategy.refactorised_round == 0
     for k, v in plain.items():
         np.testing.assert_array_equal(zero[k], v)  # mu = 0: the very same run
+        np.testing.assert_array_equal(padded[k], v)
     assert any(not np.array_equal(strong[k], v) for k, v in plain.items())
     losses = [d["train_loss_prox"] for d in _rounds(out / "prox10")[-1]["training"].values()]
     assert max(losses) > 0  # the proximal term acts when mu > 0
