@@ -103,6 +103,7 @@ class MultimodalLM(nn.Module):
         self.specs = tuple(by_name[m] for m in held)
         self.held = tuple(held)
         self.tokenizer = backbone.tokenizer
+        self._target_cache: dict[str, list[int]] = {}  # target text -> its token ids
         self.encoder_kinds = dict(encoder_kinds)
         self.encoders = nn.ModuleDict()
         self.encoder_adapters = nn.ModuleDict()
@@ -174,13 +175,7 @@ class MultimodalLM(nn.Module):
             else:
                 inputs[s.name] = torch.as_tensor(np.asarray(values, np.float32), device=dev)
         targets = [data.targets[i] for i in index]
-        enc = tok(
-            [" " + t + tok.eos_token for t in targets],
-            padding=True,
-            add_special_tokens=False,
-            return_tensors="pt",
-        )
-        target_ids = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        target_ids = self.target_ids(targets)
         return Batch(
             inputs=inputs,
             mask=torch.as_tensor(data.mask[index][:, cols], device=dev),
@@ -189,6 +184,29 @@ class MultimodalLM(nn.Module):
             labels=data.labels[index],
             targets=targets,
         )
+
+    def target_ids(self, targets: list[str]) -> torch.Tensor:
+        """``(B, T)`` token ids of ``" " + target + eos``, padding as the tokenizer pads: -100.
+
+        Each distinct target is tokenized once per model (answers repeat a few
+        strings; tokenizing every batch afresh cost more than the optimiser step).
+        """
+        tok = self.tokenizer
+        rows = []
+        for t in targets:
+            ids = self._target_cache.get(t)
+            if ids is None:
+                ids = tok(" " + t + tok.eos_token, add_special_tokens=False).input_ids
+                self._target_cache[t] = ids
+            rows.append(ids)
+        width = max((len(r) for r in rows), default=0)
+        out = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, ids in enumerate(rows):
+            if tok.padding_side == "left":
+                out[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            else:
+                out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
 
     # ------------------------------------------------------------------ forward
     def represent(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

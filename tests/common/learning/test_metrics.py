@@ -34,3 +34,12 @@ def test_bertscore_identical_is_near_one_and_empty_is_zero():
     same = bertscore_f1(["walking upstairs"], ["walking upstairs"])
     assert same == pytest.approx(1.0, abs=1e-4)
     assert bertscore_f1(["", "walking"], ["sitting", "walking"]) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_repeated_pairs_score_as_when_each_is_scored_alone():
+    preds = ["walking", "sitting", "walking", "walking upstairs", "walking", ""]
+    refs = ["walking", "walking", "walking", "walking", "walking", "sitting"]
+    alone = [bertscore_f1([p], [r]) for p, r in zip(preds, refs)]
+    assert bertscore_f1(preds, refs) == pytest.approx(np.mean(alone), abs=1e-5)
+    rouge_alone = [rouge_lsum([p], [r]) for p, r in zip(preds, refs)]
+    assert rouge_lsum(preds, refs) == pytest.approx(np.mean(rouge_alone), abs=1e-12)

@@ -110,3 +110,24 @@ def test_initial_weights_do_not_depend_on_what_the_process_built_before(
         assert other.keys() == built.keys()
         for k in built:
             np.testing.assert_array_equal(other[k], built[k], err_msg=k)
+
+
+def test_target_ids_are_the_tokenizers_padded_batch_on_either_side(tiny_config: dict):
+    s = RunSettings.from_run_config(tiny_config)
+    data = build_client_data(s, 0, 2)
+    model = edge_model(s, data.modalities, 0)
+    tok = model.tokenizer
+    targets = ["walking upstairs", "sitting", "walking upstairs", "lying down quietly", "x"]
+    side = tok.padding_side
+    try:
+        for tok.padding_side in ("right", "left"):
+            enc = tok(
+                [" " + t + tok.eos_token for t in targets],
+                padding=True,
+                add_special_tokens=False,
+                return_tensors="pt",
+            )
+            expected = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+            assert torch.equal(model.target_ids(targets), expected), tok.padding_side
+    finally:
+        tok.padding_side = side
