@@ -10,6 +10,7 @@ from typing import Any
 
 from common.atomic import PRIVATE, PRIVATE_DIR, atomic_write, private_dir, write_text
 from common.learning.metrics import BERTSCORE_NAME
+from common.reproducibility import environment
 from common.run_config import flatten
 from common.settings import ConfigError, RunSettings
 from server_app.checkpoint import checkpoint_round
@@ -208,6 +209,7 @@ class Recorder:
             "tail": tail,
             "tail_rounds": [r["round"] for r in tail_rounds],
             "first_round": {k: self.history[0].get(k) for k in final} if self.history else {},
+            "environment": environment(),  # the server's: devices may run elsewhere
             **(extra or {}),
         }
         write_text(self.dir / SUMMARY, json.dumps(_clean(summary), indent=2), PRIVATE)

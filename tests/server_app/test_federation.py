@@ -35,6 +35,7 @@ def test_every_method_runs_two_rounds(grid_factory, tiny_config: dict, method: s
     rounds = [json.loads(x) for x in (run.recorder.dir / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
     assert summary["method"] == method
+    assert summary["environment"]["cpu_capability"] and summary["environment"]["threads"] >= 1
     for key in ("client_rouge_lsum", "server_rouge_lsum", "client_f1", "server_f1"):
         assert summary["final"][key] is not None
     comm = summary["comm"]
@@ -133,8 +134,10 @@ def test_private_state_persists_across_messages_and_restarts(grid_factory, tiny_
     grid.send_and_receive(msgs)
     ctx = grid.contexts[101]
     saved = read_device_state(ctx, settings, 0, server_round=2)
-    # encoders, connector, optimiser moments and (AMT) the personal copy of the adapters
-    assert {k.split("/")[0] for k in saved} == {"enc", "conn", "opt", "shared"}
+    # encoders, connector, optimiser moments, (AMT) the personal copy of the adapters and
+    # the round it trained in
+    assert {k.split("/")[0] for k in saved} == {"enc", "conn", "opt", "shared", "device"}
+    assert int(saved["device/trained-round"]) == 1
     # the file is keyed by run name and partition
     assert (tmp_path / "dev" / "state" / "partition-0.npz").exists()
     # A restarted SuperNode has an empty context.state but the same state-dir.
