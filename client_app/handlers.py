@@ -83,7 +83,8 @@ def device_settings(run_config: dict, node_config: dict) -> tuple[RunSettings, P
     """The settings this device runs, and its profile (``common.profiles``).
 
     The node config's ``profile`` (a SuperNode's ``--profile``) wins; else the
-    run's ``profile-mix`` gives one by partition id; else the run's keys as they are.
+    run's ``profile-mix`` gives one by partition id (all of it but its ``threads``);
+    else the run's keys as they are.
     """
     settings = RunSettings.from_run_config(run_config)
     pid = int(node_config.get("partition-id", 0))
@@ -101,6 +102,10 @@ def device_settings(run_config: dict, node_config: dict) -> tuple[RunSettings, P
         "lora.profile-ranks": lora.profile_ranks,
     }
     own = device_run_config(run_config, profile, defaults)
+    if not node_config.get("profile"):
+        # A box of a simulation's mix runs on the simulating machine, many to a
+        # process: its threads are the run's, not the box's cores (6 on 2 cores stall).
+        own["threads"] = settings.threads
     return RunSettings.from_run_config(own), profile
 
 

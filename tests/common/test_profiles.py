@@ -68,8 +68,12 @@ def test_a_node_profile_wins_over_the_mix_and_may_only_narrow_an_encoder_family(
     settings, profile = device_settings(run, {"partition-id": 0, "profile": "phone"})
     assert profile.name == "phone" and settings.train.batch_size == 8
     assert settings.model.sensor_encoders == ("mlp", "gru")
+    assert settings.threads == 2  # a SuperNode's box: its cores
     settings, profile = device_settings(run, {"partition-id": 5})
     assert profile.name == "sbc-8gb" and settings.train.batch_size == 16
+    assert settings.threads == 0  # a simulated box: the run's threads, not the box's 4
+    settings, _ = device_settings({**run, "threads": 1}, {"partition-id": 5})
+    assert settings.threads == 1
     settings, profile = device_settings({"train.batch-size": 32}, {"partition-id": 0})
     assert profile is None and settings.train.batch_size == 32
     with pytest.raises(ConfigError, match="outside the run's family \\['gru'\\]"):
@@ -119,9 +123,10 @@ def test_a_federation_of_mixed_profiles_trains_each_device_as_its_box(tiny_confi
     summary = _federate(config, 3)
     assert summary["rounds"] == config["num-server-rounds"]
     built = {d.ident.partition_id: d.settings for d in handlers._DEVICES.values()}
-    assert built[0].train.batch_size == 16 and built[0].threads == 4  # sbc-8gb
+    # a simulated box keeps the run's threads (the simulating machine's), not its cores
+    assert built[0].train.batch_size == 16 and built[0].threads == 0  # sbc-8gb
     assert built[0].model.sensor_encoders == ("mlp", "cnn1d")
-    assert built[1].train.batch_size == 8 and built[1].threads == 6  # jetson-orin, TINY's batch
+    assert built[1].train.batch_size == 8 and built[1].threads == 0  # jetson-orin, TINY's batch
     assert built[2].lora.rank == 4 and built[0].lora.rank == built[1].lora.rank == 8  # phone
     # each device's adapter bytes follow its rank, up and (once its rank is known) down,
     # up to each array's fixed header (a few dozen bytes; many at this tiny size)
