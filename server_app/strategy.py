@@ -269,7 +269,7 @@ class MlEcsStrategy(FedAvg):
         if not (s.components.federated and accepted):
             return reference
         how, scales = s.rank_aggregation, np.ones(len(accepted))
-        if s.dp.noise_multiplier > 0:  # the settings refuse "svd" with DP
+        if s.dp.noise_multiplier > 0:  # never "svd" here: "auto" pads, "svd" is refused
             delta, result.privacy = self._private_aggregate(accepted, n)
             final = np.full(len(accepted), 1 / len(accepted))
         else:

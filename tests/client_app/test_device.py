@@ -48,13 +48,18 @@ def test_only_the_shared_stage_result_is_uploaded(tiny_config: dict):
         np.testing.assert_array_equal(local["shared/" + k], after_stage[1][k])
 
 
-def test_optimizer_moments_survive_a_round_trip(tiny_config: dict):
+def _trained_fedit_device(tiny_config: dict, server_round: int):
+    """A FedIT device's settings, the payload it trained on and its local state after."""
     settings = RunSettings.from_run_config({**tiny_config, "method": "fedit"})
     payload = GlobalPayload(state=initial_global_state(settings, reference_edge_model(settings)))
     first = Device(settings, DeviceIdentity(1, 2))
     first.restore(None, payload)
-    first.train(payload, server_round=1)
-    saved = first.local_state()
+    first.train(payload, server_round=server_round)
+    return settings, payload, first.local_state()
+
+
+def test_optimizer_moments_survive_a_round_trip(tiny_config: dict):
+    settings, payload, saved = _trained_fedit_device(tiny_config, server_round=1)
     assert any(k.startswith("opt/") and k.endswith("/exp_avg") for k in saved)
     again = Device(settings, DeviceIdentity(1, 2))
     again.restore(saved, payload)
@@ -160,12 +165,7 @@ def test_moments_of_adapters_refactorised_since_the_device_trained_are_dropped(
     tiny_config: dict,
 ):
     # Prepare: a device that trained in round 3
-    settings = RunSettings.from_run_config({**tiny_config, "method": "fedit"})
-    payload = GlobalPayload(state=initial_global_state(settings, reference_edge_model(settings)))
-    first = Device(settings, DeviceIdentity(1, 2))
-    first.restore(None, payload)
-    first.train(payload, server_round=3)
-    saved = first.local_state()
+    settings, payload, saved = _trained_fedit_device(tiny_config, server_round=3)
     assert int(saved[TRAINED_ROUND]) == 3
     moments = {k for k in saved if k.startswith("opt/")}
     for refactorised, kept in ((0, True), (2, True), (3, False), (5, False)):
