@@ -17,7 +17,9 @@ server averages each device's full product ``B A`` and re-factorises the mean by
 truncated SVD (:func:`svd_redistribute`), but only in a round where an accepted
 device holds less than the run's rank (:func:`refactorises`): when all hold the
 run's rank it is FedAvg of the factors like the others, so a single-rank run is the
-same under every setting.
+same under every setting. ``"svd-update"`` averages the changes of the products
+instead and adds them to the global product, so the components a small device does
+not hold keep their value rather than being averaged with its zeros.
 
 The shared adapters built with ``lora.rank`` may differ in rank: the backbone's
 LoRA (``lora/`` keys) and the prompt map's low-rank update (``prompt/``); the
@@ -162,13 +164,16 @@ def mean_over_holders(delta: State, ranks: list[int | None], weights: np.ndarray
     return renormalise(delta, coverage(ranks, weights, full))
 
 
+SVD_AGGREGATIONS = ("svd", "svd-update")  # the settings that re-factorise by an SVD
+
+
 def refactorises(how: str, ranks: list[int | None]) -> bool:
-    """Whether ``how`` re-factorises this round's adapters: ``"svd"``, a device below ``R``.
+    """Whether ``how`` re-factorises this round's adapters: an SVD kind, a device below ``R``.
 
     ``ranks`` are the accepted devices' ranks, None for the run's rank ``R`` (a
     lower rank is recorded only when it differs from ``R``).
     """
-    return how == "svd" and any(r is not None for r in ranks)
+    return how in SVD_AGGREGATIONS and any(r is not None for r in ranks)
 
 
 def next_global(
@@ -187,8 +192,9 @@ def next_global(
     how : str
         ``lora.rank-aggregation``: ``"zero-pad"`` (``reference + delta``),
         ``"holders"`` (each rank component its holders' mean, :func:`mean_over_holders`)
-        or ``"svd"`` (FlexLoRA, :func:`svd_redistribute`, when a device is below the
-        run's rank (:func:`refactorises`); otherwise, and for other keys, as ``zero-pad``).
+        or ``"svd"`` / ``"svd-update"`` (FlexLoRA, :func:`svd_redistribute`, of the
+        products or of their changes, when a device is below the run's rank
+        (:func:`refactorises`); otherwise, and for other keys, as ``zero-pad``).
     reference : State
         The global state the devices started from.
     delta : State
@@ -201,7 +207,8 @@ def next_global(
         delta = mean_over_holders(delta, ranks, weights)
     out = {k: (v + delta[k]).astype(np.float32) if k in delta else v for k, v in reference.items()}
     if refactorises(how, ranks):
-        out.update(svd_redistribute(reference, deltas, ranks, weights, scales))
+        updates = how == "svd-update"
+        out.update(svd_redistribute(reference, deltas, ranks, weights, scales, updates))
     return out
 
 
@@ -211,6 +218,7 @@ def svd_redistribute(
     ranks: list[int | None],
     weights: np.ndarray,
     scales: np.ndarray | None = None,
+    updates: bool = False,
 ) -> State:
     """FlexLoRA: each shared adapter re-factorised from the mean of the devices' full products.
 
@@ -226,6 +234,13 @@ def svd_redistribute(
     (Eckart-Young), and no device's missing components pull the others toward 0.
     Every rank has the same ``alpha / R`` scaling, so the products are comparable.
 
+    A device of rank ``r_i < R`` starts from the first ``r_i`` components only, so
+    its product lacks the reference's other components ``B[:, r_i:] A[r_i:]``, and
+    the mean of the products shrinks them by the small devices' share of the weight
+    every round. With ``updates`` the mean is instead taken of the changes,
+    ``W = B A + sum_i w_i (B_i A_i - B[:, :r_i] A[:r_i])``: a device moves only what
+    it holds and leaves the rest as it was. With every device at ``R`` the two agree.
+
     Parameters
     ----------
     reference : State
@@ -238,6 +253,9 @@ def svd_redistribute(
         ``(n,)`` the devices' final weights, summing to 1.
     scales : numpy.ndarray, optional
         ``(n,)`` the factor each device's delta is scaled by (norm clipping).
+    updates : bool
+        Average the changes of the products, added to the reference's product
+        (``"svd-update"``), instead of the products (``"svd"``).
 
     Returns
     -------
@@ -254,12 +272,14 @@ def svd_redistribute(
         a_ref = np.asarray(reference[a_key], np.float64)
         b_ref = np.asarray(reference[b_key], np.float64)
         full = a_ref.shape[0]
-        mean = np.zeros((b_ref.shape[0], a_ref.shape[1]))
+        mean = b_ref @ a_ref if updates else np.zeros((b_ref.shape[0], a_ref.shape[1]))
         for delta, rank, w, x in zip(deltas, ranks, weights, scales):
             held = np.arange(full) < (full if rank is None else rank)  # (R,)
             a = (a_ref + x * np.asarray(delta.get(a_key, 0.0), np.float64)) * held[:, None]
             b = (b_ref + x * np.asarray(delta.get(b_key, 0.0), np.float64)) * held[None, :]
             mean += w * (b @ a)
+            if updates:  # what the device started from: the reference's first r_i components
+                mean -= w * ((b_ref * held[None, :]) @ (a_ref * held[:, None]))
         b, a = _factorise(mean, full)
         out[a_key] = a.astype(np.asarray(reference[a_key]).dtype)
         out[b_key] = b.astype(np.asarray(reference[b_key]).dtype)

@@ -141,8 +141,10 @@ class LoraSettings(Section):
     # mean of the devices' full products (not with central DP or FedSA; chosen on
     # tuning seeds), zero-padded FedAvg (HetLoRA's padding), or each rank component as
     # the mean of the devices holding it; "auto": svd where it can run, else zero-pad.
+    # "svd-update": the SVD of the global product plus the mean change of the devices'
+    # products (a small device leaves the components it does not hold as they were).
     # All are FedAvg of the factors when every device holds the run's rank.
-    rank_aggregation: Literal["auto", "svd", "zero-pad", "holders"] = "auto"
+    rank_aggregation: Literal["auto", "svd", "svd-update", "zero-pad", "holders"] = "auto"
     private_rank: int = Field(8, ge=1)
     private_alpha: float = Field(16.0, gt=0)
     # Encoders' low-rank adapters, shared by devices with the same encoder kind

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from common.lora_ranks import SVD_AGGREGATIONS
 from common.methods import METHODS, Components
 from common.run_config import ConfigError, describe
 from common.sections import (
@@ -105,13 +106,14 @@ class RunSettings(Section):
     def _svd_needs_both_factors(self) -> RunSettings:
         # FlexLoRA averages each device's full product B A: it needs every device's
         # own factors, which neither a DP release (a noisy mean) nor FedSA (A only) holds.
-        if self.lora.rank_aggregation == "svd" and self.dp.noise_multiplier > 0:
+        how = self.lora.rank_aggregation
+        if how in SVD_AGGREGATIONS and self.dp.noise_multiplier > 0:
             raise ValueError(
-                'lora.rank-aggregation = "svd" cannot run with dp.noise-multiplier > 0'
+                f'lora.rank-aggregation = "{how}" cannot run with dp.noise-multiplier > 0'
             )
-        if self.lora.rank_aggregation == "svd" and not self.components.share_b:
+        if how in SVD_AGGREGATIONS and not self.components.share_b:
             raise ValueError(
-                f'lora.rank-aggregation = "svd" needs both LoRA factors; method {self.method!r} '
+                f'lora.rank-aggregation = "{how}" needs both LoRA factors; method {self.method!r} '
                 "shares only A"
             )
         return self

@@ -98,6 +98,31 @@ def test_svd_keeps_the_mean_product_and_gives_each_rank_its_best_approximation()
     assert np.all(np.diff(norms[:3]) <= 1e-6) and new[A].dtype == np.float32
 
 
+def test_svd_update_moves_only_what_each_device_holds():
+    ref = {k: v for k, v in _state(4).items() if k in (A, B)}  # B (3, 4), A (4, 5)
+    low = {k: v * 0.1 for k, v in truncate_ranks(_state(4, seed=1), 2).items() if k in (A, B)}
+    high = {k: v * 0.1 for k, v in _state(4, seed=2).items() if k in (A, B)}
+    deltas = [pad_ranks(d, ref)[0] for d in (low, high)]
+    weights = np.array([0.25, 0.75])
+    new = svd_redistribute(ref, deltas, [2, None], weights, updates=True)
+    start_low = _product(truncate_ranks(ref, 2))  # what the rank-2 device started from
+    own_low = _product({k: truncate_ranks(ref, 2)[k] + low[k] for k in (A, B)})
+    own_high = _product({k: ref[k] + high[k] for k in (A, B)})
+    want = _product(ref) + 0.25 * (own_low - start_low) + 0.75 * (own_high - _product(ref))
+    assert np.linalg.matrix_rank(want) <= 3  # (3, 5): kept exactly at R = 4
+    np.testing.assert_allclose(_product(new), want, atol=1e-5)
+    # a device that changes nothing leaves the global product as it was (plain svd would
+    # shrink the components the rank-2 device does not hold by its weight)
+    still = [pad_ranks({k: v * 0 for k, v in d.items()}, ref)[0] for d in (low, high)]
+    kept = svd_redistribute(ref, still, [2, None], weights, updates=True)
+    np.testing.assert_allclose(_product(kept), _product(ref), atol=1e-5)
+    shrunk = svd_redistribute(ref, still, [2, None], weights)
+    assert np.linalg.norm(_product(shrunk) - _product(ref)) > 0.1
+    # every device at the run's rank: the two kinds agree
+    both = [svd_redistribute(ref, deltas, [None, None], weights, updates=u) for u in (True, False)]
+    np.testing.assert_allclose(_product(both[0]), _product(both[1]), atol=1e-5)
+
+
 def test_next_global_combines_ranks_as_the_setting_says():
     ref = _state(4)
     deltas = [pad_ranks(truncate_ranks(_state(4, seed=s), 2 + 2 * s), ref)[0] for s in (0, 1)]
@@ -109,6 +134,10 @@ def test_next_global_combines_ranks_as_the_setting_says():
     np.testing.assert_allclose(holders[A][2:], ref[A][2:] + deltas[1][A][2:], rtol=1e-6)
     svd = next_global("svd", ref, summed, deltas, ranks, weights, ones)
     np.testing.assert_allclose(svd[A], svd_redistribute(ref, deltas, ranks, weights)[A])
+    update = next_global("svd-update", ref, summed, deltas, ranks, weights, ones)
+    np.testing.assert_allclose(
+        update[A], svd_redistribute(ref, deltas, ranks, weights, None, True)[A]
+    )
     # keys without a partner factor (and encoder adapters) move by the mean delta
     for key in ("prompt/lora_A", "enclora/acc/mlp/w/lora_A"):
         np.testing.assert_allclose(svd[key], padded[key])
@@ -118,12 +147,13 @@ def test_next_global_combines_ranks_as_the_setting_says():
     np.testing.assert_allclose(clipped[A], svd_redistribute(ref, halved, ranks, weights)[A])
 
 
-def test_svd_is_refused_where_no_device_factors_reach_the_server():
-    RunSettings.from_run_config({"lora.rank-aggregation": "svd"})  # the default method: fine
+@pytest.mark.parametrize("how", ["svd", "svd-update"])
+def test_svd_is_refused_where_no_device_factors_reach_the_server(how):
+    RunSettings.from_run_config({"lora.rank-aggregation": how})  # the default method: fine
     with pytest.raises(ConfigError, match="dp.noise-multiplier"):
-        RunSettings.from_run_config({"lora.rank-aggregation": "svd", "dp.noise-multiplier": 1.0})
+        RunSettings.from_run_config({"lora.rank-aggregation": how, "dp.noise-multiplier": 1.0})
     with pytest.raises(ConfigError, match="shares only A"):
-        RunSettings.from_run_config({"lora.rank-aggregation": "svd", "method": "fedsa"})
+        RunSettings.from_run_config({"lora.rank-aggregation": how, "method": "fedsa"})
 
 
 class _Net(nn.Module):
@@ -183,6 +213,7 @@ def test_svd_refactorises_only_when_a_device_is_below_the_runs_rank():
     summed = {k: sum(w * d[k] for w, d in zip(weights, deltas)) for k in ref}
     assert not refactorises("svd", [None, None]) and refactorises("svd", [None, 2])
     assert refactorises("svd", [2, 2]) and not refactorises("zero-pad", [None, 2])
+    assert refactorises("svd-update", [None, 2]) and not refactorises("svd-update", [None])
     # every device at the run's rank: FedAvg of the factors, whatever the setting
     one_rank = next_global("svd", ref, summed, deltas, [None, None], weights, ones)
     padded = next_global("zero-pad", ref, summed, deltas, [None, None], weights, ones)
