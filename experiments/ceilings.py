@@ -22,6 +22,12 @@
   split with the device's modalities (evaluation only): what a device would
   reach if the cloud's knowledge transferred to it perfectly. Every run of
   ``experiments.run`` records it in its summary (``final`` and ``tail``).
+* ``cloud_public`` and ``cloud_pooled``: the cloud's headroom. The cloud model
+  trained alone as in a ``standalone`` run (the cloud's parameters, learning rate,
+  batch size and steps per round, for every round) on the public train split, and
+  on the public train split with every device's training data pooled into it;
+  both scored on the public test split, as the cloud is in a run. Their gap is
+  what the devices' data could be worth to the cloud at its own step budget.
 * ``forest_own`` (not a ceiling: the forest's ``standalone``): the same forest
   trained by each device on its own data only; its gap to ``forest`` is what
   pooling is worth to a classifier that learns well from few samples.
@@ -60,6 +66,7 @@ from common.model.pretrained_encoders import trainable_parameters
 from common.reproducibility import pin
 from common.run_config import parse_overrides, read_toml_config
 from common.settings import RunSettings
+from server_app.cloud import Cloud
 
 
 def pooled(settings: RunSettings, num_nodes: int) -> tuple[SampleSet, list[SampleSet]]:
@@ -132,6 +139,32 @@ def cloud_on_device(settings: RunSettings, model: MultimodalLM, num_nodes: int) 
     ]
     keys = [k for k in ("f1", "rouge_lsum", "rank_f1") if k in scores[0]]
     return {k: float(np.mean([s[k] for s in scores])) for k in keys}
+
+
+def cloud_public(settings: RunSettings, num_nodes: int) -> dict[str, float]:
+    """The cloud trained alone on the public train split; its scores on the public test."""
+    return _cloud_alone(settings, None)
+
+
+def cloud_pooled(settings: RunSettings, num_nodes: int) -> dict[str, float]:
+    """The cloud trained alone on public train plus every device's training data."""
+    return _cloud_alone(settings, pooled(settings, num_nodes)[0])
+
+
+def _cloud_alone(settings: RunSettings, extra: SampleSet | None) -> dict[str, float]:
+    """Train a cloud as a ``standalone`` run does, on public train (and ``extra``); score it.
+
+    ``extra`` samples keep their own modality masks; the cloud holds every modality.
+    """
+    alone = settings.model_copy(update={"method": "standalone"})
+    cloud = Cloud(alone)
+    if extra is not None:
+        cloud.data.public_train = concat([cloud.data.public_train, extra])
+    none_ids, none_z = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    for server_round in range(1, alone.num_server_rounds + 1):
+        cloud.step(none_ids, none_z, server_round)
+    scores = cloud.evaluate()
+    return {k: float(scores[k]) for k in ("f1", "rouge_lsum")}
 
 
 def centralized_ft(settings: RunSettings, num_nodes: int) -> dict[str, float]:
@@ -284,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
             "forest_own": forest_own,
             "centralized": centralized,
             "centralized_ft": centralized_ft,
+            "cloud_public": cloud_public,
+            "cloud_pooled": cloud_pooled,
         }
         for name in wanted:
             if name.startswith("forest") and settings.dataset == "easyvqa":
@@ -297,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table(out))
 
 
-CEILINGS = ("forest", "forest_own", "centralized", "centralized_ft")
+CEILINGS = ("forest", "forest_own", "centralized", "centralized_ft", "cloud_public", "cloud_pooled")
 
 
 def table(out: dict[str, dict]) -> str:

@@ -91,6 +91,8 @@ def test_main_writes_a_row_per_seed_under_the_pinned_threads(tmp_path, monkeypat
     monkeypatch.setattr(ceilings, "forest", fake)
     monkeypatch.setattr(ceilings, "forest_own", fake)
     monkeypatch.setattr(ceilings, "centralized_ft", fake)
+    monkeypatch.setattr(ceilings, "cloud_public", fake)
+    monkeypatch.setattr(ceilings, "cloud_pooled", fake)
     before = torch.get_num_threads()
     try:
         ceilings.main(
@@ -101,7 +103,7 @@ def test_main_writes_a_row_per_seed_under_the_pinned_threads(tmp_path, monkeypat
     assert {s for s, _, _ in seen} == {3, 4} and all(t == 1 for _, _, t in seen)
     rows = json.loads((tmp_path / "ceilings.json").read_text())
     assert set(rows) == {"3", "4"} and rows["3"]["centralized"]["f1"] == 0.5
-    assert set(rows["3"]) == {"forest", "forest_own", "centralized", "centralized_ft", "seconds"}
+    assert set(rows["3"]) == {*ceilings.CEILINGS, "seconds"}
 
 
 def test_centralized_ft_pools_per_architecture_then_tunes_each_device(tiny_config, monkeypatch):
@@ -158,3 +160,32 @@ def test_cloud_on_device_scores_the_cloud_on_each_devices_own_test(tiny_config, 
     ]
     assert all(m is model for m, _, _ in seen)
     assert scores == {"f1": 2.0, "rouge_lsum": 1.0}
+
+
+def test_the_cloud_ceilings_train_a_lone_cloud_on_public_data_and_on_the_pool(
+    tiny_config, monkeypatch
+):
+    # Prepare: record what each round of the cloud's training sees
+    config = {**tiny_config, "num-server-rounds": 2, "method": "mlecs"}
+    settings = RunSettings.from_run_config(config)
+    steps = []
+    real_step = ceilings.Cloud.step
+
+    def record(cloud, ids, z, server_round):
+        steps.append((cloud.settings.method, cloud.uses_global, len(cloud.data.public_train)))
+        return real_step(cloud, ids, z, server_round)
+
+    monkeypatch.setattr(ceilings.Cloud, "step", record)
+    # Execute
+    public = ceilings.cloud_public(settings, NODES)
+    pooled = ceilings.cloud_pooled(settings, NODES)
+    # Assert: a standalone cloud (no global adapters), one step per round, on the public
+    # train split, then on it with every device's training data added
+    n_public = len(ceilings.Cloud(settings).data.public_train)
+    n_pool = len(ceilings.pooled(settings, NODES)[0])
+    assert (
+        steps
+        == [("standalone", False, n_public)] * 2 + [("standalone", False, n_public + n_pool)] * 2
+    )
+    for scores in (public, pooled):
+        assert set(scores) == {"f1", "rouge_lsum"} and all(0 <= v <= 1 for v in scores.values())
