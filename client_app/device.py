@@ -33,7 +33,7 @@ from common.learning.losses import (
     on_unlabelled,
     proximal_term,
 )
-from common.learning.prototypes import prototype_term
+from common.learning.prototypes import prototype_term, view_prototype_term
 from common.lora_ranks import truncate_ranks
 from common.model.adapters import PRIVATE, SHARED, adapter_parameters
 from common.model.factory import edge_model
@@ -192,6 +192,16 @@ class Device:
             )
             if term is not None:
                 terms["proto"] = term
+            if sc.prototype_views:
+                term = view_prototype_term(
+                    payload.prototype_classes,
+                    payload.prototypes,
+                    sc.prototype_weight,
+                    sc.prototype_temperature,
+                    m.connector.fuse,
+                )
+                if term is not None:
+                    terms["proto_views"] = term
         if comps.prox:
             terms["prox"] = proximal_term(self.shared_params, s.fedprox.mu)
         return terms

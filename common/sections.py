@@ -284,6 +284,9 @@ class SecclSettings(Section):
     # labelled device sample is pulled toward its class's prototype; 0 = off.
     prototype_weight: float = Field(1.0, ge=0)
     prototype_temperature: float = Field(0.1, gt=0)
+    # true: also pull each multimodal sample's single-modality views (its z with the
+    # other modalities masked out) toward its class's prototype, same weight.
+    prototype_views: bool = False
 
 
 class MmaSettings(Section):

@@ -33,6 +33,7 @@ from server_app.aggregation import (
     mma_weights,
     representation_consensus,
 )
+from server_app.anchors import anchors_for, fill_anchors, prototypes, update_anchors
 from server_app.checkpoint import StrategySnapshot
 from server_app.cloud import Cloud
 from server_app.contribution import Contribution
@@ -121,17 +122,19 @@ class MlEcsStrategy(FedAvg):
         self.notes.start_round()
         config[SERVER_ROUND] = n
         config[ROUND_TOKEN] = token  # devices echo it: replies from elsewhere are refused
-        config[REFACTORISED_ROUND] = self._snapshot.refactorised_round
-        st = self.settings.strategy
+        s, snap = self.settings, self._snapshot
+        config[REFACTORISED_ROUND] = snap.refactorised_round
+        st = s.strategy
         nodes = sample_devices(
-            grid, st.fraction_train, st.min_nodes, st.round_timeout, n, seed=self.settings.seed
+            grid, st.fraction_train, st.min_nodes, st.round_timeout, n, seed=s.seed
         )
-        dtype, packs = self.settings.transport.dtype, {}
-        self._fill_anchors()
-        protos = self._prototypes()
+        dtype, packs = s.transport.dtype, {}
+        fill_anchors(s, snap, self.cloud)
+        protos = prototypes(s, snap, self.cloud)
         for node in nodes:
             packed = self._pack_for(node, work.reference, packs)
-            content = instruction(packed, config, self._anchors_for(node), dtype, protos)
+            anchors = anchors_for(s, snap, self._node_partition.get(node, -1))
+            content = instruction(packed, config, anchors, dtype, protos)
             work.sent.append(Message(content, message_type=MessageType.TRAIN, dst_node_id=node))
             self.ledger.add_down(node, content)
         return work.sent
@@ -142,43 +145,6 @@ class MlEcsStrategy(FedAvg):
         if rank not in packs:
             packs[rank] = pack_global(truncate_ranks(state, rank), self.settings.transport.dtype)
         return packs[rank]
-
-    def _prototypes(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The cloud's class prototypes (SE-CCL with ``seccl.prototype-weight`` > 0), or None.
-
-        Computed from the anchor table, which under SE-CCL holds the cloud's ``z^s``
-        of every public train sample as the cloud stands (refreshed after its step,
-        restored on resume): the same for every device of the round.
-        """
-        s, snap = self.settings, self._snapshot
-        if not (s.components.seccl and s.seccl.prototype_weight > 0):
-            return None
-        return self.cloud.prototypes(snap.anchor_ids, snap.anchors)
-
-    def _fill_anchors(self) -> None:
-        """Under SE-CCL, start the anchor table from the cloud's ``z^s`` if it is empty.
-
-        The table is empty only before the first round of a fresh run; after
-        each round :meth:`_update_anchors` refreshes it, and a resumed run
-        restores it from the checkpoint.
-        """
-        snap = self._snapshot
-        if self.settings.components.seccl and not len(snap.anchor_ids):
-            snap.anchor_ids, snap.anchors = self.cloud.representations()
-
-    def _anchors_for(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Anchors for ``node``: its public ids' rows of the anchor table, or all of them.
-
-        The table is the cloud's ``z^s`` (SE-CCL) or the devices' last consensus
-        (CreamFL). A device the server has not heard from yet (round 1, a
-        newcomer) gets the whole table, as the server does not know its share.
-        """
-        snap, comps = self._snapshot, self.settings.components
-        if not (comps.seccl or comps.rep_exchange):
-            return None
-        if not comps.seccl and not len(snap.anchor_ids):
-            return None  # CreamFL before the first consensus
-        return snap.share_anchors(self._node_partition.get(node, -1))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -199,7 +165,7 @@ class MlEcsStrategy(FedAvg):
         new_state = self._aggregate(accepted, work.reference, n)
         cons_ids, cons = self._consensus(accepted, n)
         new_state = self._cloud_step(new_state, cons_ids, cons, n)
-        self._update_anchors(cons_ids, cons)
+        update_anchors(self.settings, self._snapshot, self.cloud, cons_ids, cons)
         metrics = MetricRecord({"accepted": len(accepted), "rejected": len(work.result.rejected)})
         return (to_record(new_state) if new_state else ArrayRecord()), metrics
 
@@ -269,7 +235,7 @@ class MlEcsStrategy(FedAvg):
         if not (s.components.federated and accepted):
             return reference
         how, scales = s.rank_aggregation, np.ones(len(accepted))
-        if s.dp.noise_multiplier > 0:  # never "svd" here: "auto" pads, "svd" is refused
+        if s.dp.noise_multiplier > 0:  # never an SVD here: "auto" pads, the SVD kinds are refused
             delta, result.privacy = self._private_aggregate(accepted, n)
             final = np.full(len(accepted), 1 / len(accepted))
         else:
@@ -309,14 +275,6 @@ class MlEcsStrategy(FedAvg):
         distilled, info = self.cloud.distill(n)
         result.cloud.update(info)
         return {k: distilled[k] for k in new_state}
-
-    def _update_anchors(self, cons_ids: np.ndarray, cons: np.ndarray) -> None:
-        """Next round's anchor table: the cloud's ``z^s`` (SE-CCL) or the consensus (CreamFL)."""
-        snap, comps = self._snapshot, self.settings.components
-        if comps.seccl:
-            snap.anchor_ids, snap.anchors = self.cloud.representations()
-        elif comps.rep_exchange and len(cons_ids):
-            snap.anchor_ids, snap.anchors = cons_ids, cons
 
     def _mma(self, accepted: list[Contribution], n: int) -> tuple[State, np.ndarray, np.ndarray]:
         """MMA (or FedAvg) of the shared deltas, final weights, scales; clipped ones logged."""

@@ -6,9 +6,16 @@ from its labelled public data; a device pulls the ``z`` of each of its labelled
 samples toward its class's prototype and away from the others (a cosine
 classifier with the prototypes as fixed weights). Only ``K`` rows of the fused
 space travel, computed from public data: no device data is summarised.
+
+With ``seccl.prototype-views`` the same classifier is also applied to each
+multimodal sample's single-modality views (its fused ``z`` with every other
+modality masked out, computed from the same per-modality embeddings): a sample
+that arrives with one modality missing should still land near its class.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -67,8 +74,7 @@ def prototype_term(
     """
     if len(classes) < 2:  # one class alone gives no contrast
         return None
-    column = {int(c): k for k, c in enumerate(classes)}
-    table = F.normalize(torch.as_tensor(np.asarray(prototypes, np.float32)), dim=1)
+    column, table = _classifier(classes, prototypes)
 
     def term(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
         hit = [(i, column[int(y)]) for i, y in enumerate(batch.labels) if int(y) in column]
@@ -76,7 +82,67 @@ def prototype_term(
             return None
         rows = torch.tensor([i for i, _ in hit], device=z.device)
         target = torch.tensor([k for _, k in hit], device=z.device)
-        logits = F.normalize(z[rows], dim=1) @ table.to(z.device).T / temperature
-        return weight * F.cross_entropy(logits, target)
+        return weight * _cosine_ce(z[rows], target, table, temperature)
 
     return term
+
+
+def view_prototype_term(
+    classes: np.ndarray,
+    prototypes: np.ndarray,
+    weight: float,
+    temperature: float,
+    fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> ExtraLoss | None:
+    """The prototype classifier on every single-modality view of the multimodal samples.
+
+    Parameters
+    ----------
+    classes, prototypes, weight, temperature
+        As :func:`prototype_term`.
+    fuse : callable
+        The model's fusion, ``(V, M, D) embeddings, (V, M) bool mask -> (V, F) z``.
+
+    Returns
+    -------
+    ExtraLoss or None
+        None without prototypes. For each labelled sample with a prototype and at
+        least two present modalities, one view per present modality (that
+        modality alone); the mean cross-entropy over the views. Skipped for a
+        batch without such samples.
+    """
+    if len(classes) < 2:
+        return None
+    column, table = _classifier(classes, prototypes)
+
+    def term(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
+        mask = batch.mask.bool()
+        views = [
+            (i, j, column[int(y)])
+            for i, y in enumerate(batch.labels)
+            if int(y) in column and int(mask[i].sum()) >= 2
+            for j in torch.nonzero(mask[i]).flatten().tolist()
+        ]
+        if not views:
+            return None
+        rows = torch.tensor([i for i, _, _ in views], device=e.device)
+        alone = torch.zeros(len(views), mask.shape[1], dtype=torch.bool, device=e.device)
+        alone[torch.arange(len(views)), torch.tensor([j for _, j, _ in views])] = True
+        target = torch.tensor([k for _, _, k in views], device=e.device)
+        return weight * _cosine_ce(fuse(e[rows], alone).float(), target, table, temperature)
+
+    return term
+
+
+def _classifier(classes: np.ndarray, prototypes: np.ndarray) -> tuple[dict[int, int], torch.Tensor]:
+    """Class index -> prototype row, and the ``(K, F)`` unit prototype table."""
+    column = {int(c): k for k, c in enumerate(classes)}
+    return column, F.normalize(torch.as_tensor(np.asarray(prototypes, np.float32)), dim=1)
+
+
+def _cosine_ce(
+    z: torch.Tensor, target: torch.Tensor, table: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Cross-entropy of cosine logits ``cos(z, prototype) / temperature``; ``z`` is ``(N, F)``."""
+    logits = F.normalize(z, dim=1) @ table.to(z.device).T / temperature
+    return F.cross_entropy(logits, target)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from client_app.device import Device, DeviceIdentity
 from common.exchange import GlobalPayload
 from common.learning.evaluation import fused_representations
-from common.learning.prototypes import class_prototypes
+from common.learning.prototypes import class_prototypes, view_prototype_term
 from common.model.factory import reference_edge_model
 from common.model.state import initial_global_state
 from common.settings import RunSettings
@@ -138,3 +140,45 @@ def test_class_prototypes_are_unit_mean_directions():
     np.testing.assert_allclose(protos[0], [2**-0.5, 2**-0.5], atol=1e-6)
     np.testing.assert_allclose(protos[1], [0.0, 1.0], atol=1e-6)
     assert protos.dtype == np.float32
+
+
+def test_view_prototypes_score_each_single_modality_view_of_multimodal_samples():
+    # Prepare: three samples, two modalities; sample 1 has one modality, sample 2 no prototype
+    torch.manual_seed(0)
+    e = torch.randn(3, 2, 4, requires_grad=True)
+    mask = torch.tensor([[True, True], [True, False], [True, True]])
+    batch = SimpleNamespace(labels=np.array([0, 1, 7]), mask=mask)
+    protos = np.eye(2, 4, dtype=np.float32)  # classes 0 and 1
+
+    def fuse(emb: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # mean over present rows
+        w = m.float().unsqueeze(-1)
+        return (emb * w).sum(1) / w.sum(1)
+
+    term = view_prototype_term(np.array([0, 1]), protos, 2.0, 0.5, fuse)
+    # Execute
+    value = term(batch, e, fuse(e, mask))
+    # Assert: the views are sample 0 with modality 0 alone and with modality 1 alone
+    views = torch.nn.functional.normalize(e[0], dim=1)  # each view's z is that row
+    logits = views @ torch.as_tensor(protos).T / 0.5
+    want = 2.0 * torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0]))
+    torch.testing.assert_close(value, want)
+    value.backward()
+    assert e.grad[0].abs().sum() > 0 and not e.grad[1:].any()  # only sample 0's views
+    # no multimodal sample with a prototype: no term; one prototype: no contrast
+    single = SimpleNamespace(labels=np.array([0]), mask=torch.tensor([[True, False]]))
+    assert term(single, e[:1], e[:1, 0]) is None
+    assert view_prototype_term(np.array([0]), protos[:1], 1.0, 0.5, fuse) is None
+
+
+def test_view_prototypes_train_under_the_key(tiny_config):
+    device, payload = _device(
+        tiny_config,
+        method="mlecs",
+        **{"seccl.prototype-views": True, "train.steps": 4, "modality.scenario": "full"},
+    )
+    classes = np.arange(len(device.task.class_names))
+    rng = np.random.default_rng(0)
+    protos = rng.normal(size=(len(classes), device.settings.model.fused_dim)).astype(np.float32)
+    payload.prototype_classes, payload.prototypes = classes, protos
+    update = device.train(payload, server_round=1)
+    assert "shared_loss_proto_views" in update.metrics and "shared_loss_proto" in update.metrics
