@@ -231,7 +231,7 @@ def svd_redistribute(
     them: ``scales[i]``, 1 when not given). The components come ordered
     by singular value, so a device of rank ``r`` that takes the first ``r``
     (:func:`truncate_ranks`) gets the best rank-``r`` approximation of ``W``
-    (Eckart-Young), and no device's missing components pull the others toward 0.
+    (Eckart-Young), and the strongest directions come first whatever rank holds them.
     Every rank has the same ``alpha / R`` scaling, so the products are comparable.
 
     A device of rank ``r_i < R`` starts from the first ``r_i`` components only, so
