@@ -75,12 +75,17 @@ def _product(state: dict, rank: int | None = None) -> np.ndarray:
     return np.asarray(cut[B], np.float64) @ np.asarray(cut[A], np.float64)
 
 
-def test_svd_keeps_the_mean_product_and_gives_each_rank_its_best_approximation():
+def _rank_2_and_4():
+    """A rank-4 reference, a rank-2 and a rank-4 device's deltas (padded), weights 1:3."""
     ref = {k: v for k, v in _state(4).items() if k in (A, B)}  # B (3, 4), A (4, 5)
     low = {k: v * 0.1 for k, v in truncate_ranks(_state(4, seed=1), 2).items() if k in (A, B)}
     high = {k: v * 0.1 for k, v in _state(4, seed=2).items() if k in (A, B)}
     deltas = [pad_ranks(d, ref)[0] for d in (low, high)]
-    weights = np.array([0.25, 0.75])
+    return ref, low, high, deltas, np.array([0.25, 0.75])
+
+
+def test_svd_keeps_the_mean_product_and_gives_each_rank_its_best_approximation():
+    ref, low, high, deltas, weights = _rank_2_and_4()
     new = svd_redistribute(ref, deltas, [2, None], weights)
     # what each device computes after its round: its slice of ref plus its delta
     own_low = _product({k: truncate_ranks(ref, 2)[k] + low[k] for k in (A, B)})
@@ -99,11 +104,7 @@ def test_svd_keeps_the_mean_product_and_gives_each_rank_its_best_approximation()
 
 
 def test_svd_update_moves_only_what_each_device_holds():
-    ref = {k: v for k, v in _state(4).items() if k in (A, B)}  # B (3, 4), A (4, 5)
-    low = {k: v * 0.1 for k, v in truncate_ranks(_state(4, seed=1), 2).items() if k in (A, B)}
-    high = {k: v * 0.1 for k, v in _state(4, seed=2).items() if k in (A, B)}
-    deltas = [pad_ranks(d, ref)[0] for d in (low, high)]
-    weights = np.array([0.25, 0.75])
+    ref, low, high, deltas, weights = _rank_2_and_4()
     new = svd_redistribute(ref, deltas, [2, None], weights, updates=True)
     start_low = _product(truncate_ranks(ref, 2))  # what the rank-2 device started from
     own_low = _product({k: truncate_ranks(ref, 2)[k] + low[k] for k in (A, B)})
