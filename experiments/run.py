@@ -153,6 +153,7 @@ ADDED_KEYS = {
     "lora.encoder-share": True,
     "seccl.prototype-weight": 0.0,
     "seccl.prototype-temperature": 0.1,
+    "seccl.prototype-views": False,
     "eval.decode": "generate",
     "amt.variant": "schedule",
 }
@@ -162,8 +163,8 @@ CCL_KEYS = ("ccl.weight", "ccl.cloud", "ccl.private-stage", "ccl.max-share")
 UNLABELLED_KEY = "seccl.unlabelled-public"
 # Act only for a method that shares encoder adapters (the others only at a rank > 0).
 ENCODER_KEYS = ("lora.encoder-rank", "lora.encoder-alpha", "lora.encoder-share")
-# Act only for a method with SE-CCL (the temperature only with a weight above 0).
-PROTOTYPE_KEYS = ("seccl.prototype-weight", "seccl.prototype-temperature")
+# Act only for a method with SE-CCL (the temperature and views only with a weight above 0).
+PROTOTYPE_KEYS = ("seccl.prototype-weight", "seccl.prototype-temperature", "seccl.prototype-views")
 
 
 def _identity(flat: dict) -> dict:
