@@ -272,14 +272,18 @@ def svd_redistribute(
         a_ref = np.asarray(reference[a_key], np.float64)
         b_ref = np.asarray(reference[b_key], np.float64)
         full = a_ref.shape[0]
-        mean = b_ref @ a_ref if updates else np.zeros((b_ref.shape[0], a_ref.shape[1]))
+        # With updates, B A - sum_i w_i B[:, :r_i] A[:r_i] = B diag(1 - c) A, c the
+        # components' coverage: each is kept by the weight of the devices not holding it.
+        if updates:
+            kept = 1 - coverage(ranks, weights, full)  # (R,)
+            mean = (b_ref * kept[None, :]) @ a_ref
+        else:
+            mean = np.zeros((b_ref.shape[0], a_ref.shape[1]))
         for delta, rank, w, x in zip(deltas, ranks, weights, scales):
             held = np.arange(full) < (full if rank is None else rank)  # (R,)
             a = (a_ref + x * np.asarray(delta.get(a_key, 0.0), np.float64)) * held[:, None]
             b = (b_ref + x * np.asarray(delta.get(b_key, 0.0), np.float64)) * held[None, :]
             mean += w * (b @ a)
-            if updates:  # what the device started from: the reference's first r_i components
-                mean -= w * ((b_ref * held[None, :]) @ (a_ref * held[:, None]))
         b, a = _factorise(mean, full)
         out[a_key] = a.astype(np.asarray(reference[a_key]).dtype)
         out[b_key] = b.astype(np.asarray(reference[b_key]).dtype)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from common.data.views import build_client_data, task_info
+from common.data.views import build_client_data, build_server_data, task_info
 from common.settings import RunSettings
 from experiments import ceilings
 
@@ -181,7 +181,7 @@ def test_the_cloud_ceilings_train_a_lone_cloud_on_public_data_and_on_the_pool(
     pooled = ceilings.cloud_pooled(settings, NODES)
     # Assert: a standalone cloud (no global adapters), one step per round, on the public
     # train split, then on it with every device's training data added
-    n_public = len(ceilings.Cloud(settings).data.public_train)
+    n_public = len(build_server_data(settings).public_train)
     n_pool = len(ceilings.pooled(settings, NODES)[0])
     assert (
         steps
