@@ -12,7 +12,9 @@ uses (and is scored with) until the next round's global state arrives. Under the
 paper's AMT (``amt.variant = "gate"``) the private stage tunes a private LoRA and
 the gate mixing it with the shared one instead; both stay on the device across
 rounds. With ``seccl.prototype-weight`` the cloud's class prototypes pull the fused
-representation of every labelled sample toward its class, in both stages.
+representation of every labelled sample toward its class, in both stages (with
+``seccl.modality-prototypes``, a sample holding only some modalities toward that
+subset's prototypes).
 """
 
 from __future__ import annotations
@@ -189,6 +191,8 @@ class Device:
                 payload.prototypes,
                 sc.prototype_weight,
                 sc.prototype_temperature,
+                payload.modality_prototypes,
+                m.held,
             )
             if term is not None:
                 terms["proto"] = term

@@ -38,6 +38,10 @@ class GlobalPayload:
         ``(K,)`` class indices of the prototypes.
     prototypes : numpy.ndarray
         ``(K, fused_dim)`` the cloud's class prototypes in the fused space (unit rows).
+    modality_prototypes : dict of tuple of str to numpy.ndarray
+        Subset of the modalities (sorted names) -> ``(K, fused_dim)`` prototypes of
+        the same classes from the cloud's ``z`` with only that subset present
+        (``seccl.modality-prototypes``); empty otherwise.
     server_round : int
         The round this payload belongs to (0 when unknown).
     round_token : str
@@ -53,6 +57,7 @@ class GlobalPayload:
     anchors: np.ndarray = field(default_factory=_no_rows)
     prototype_classes: np.ndarray = field(default_factory=_no_ids)
     prototypes: np.ndarray = field(default_factory=_no_rows)
+    modality_prototypes: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
     server_round: int = 0
     round_token: str = ""
     refactorised_round: int = 0

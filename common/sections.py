@@ -287,6 +287,10 @@ class SecclSettings(Section):
     # true: also pull each multimodal sample's single-modality views (its z with the
     # other modalities masked out) toward its class's prototype, same weight.
     prototype_views: bool = False
+    # true: the cloud also sends the prototypes of each proper subset of the
+    # modalities (its z with the others masked out); a sample that holds only such a
+    # subset is pulled toward that subset's prototypes instead of the full ones.
+    modality_prototypes: bool = False
 
 
 class MmaSettings(Section):

@@ -154,6 +154,7 @@ ADDED_KEYS = {
     "seccl.prototype-weight": 0.0,
     "seccl.prototype-temperature": 0.1,
     "seccl.prototype-views": False,
+    "seccl.modality-prototypes": False,
     "eval.decode": "generate",
     "amt.variant": "schedule",
 }
@@ -164,7 +165,12 @@ UNLABELLED_KEY = "seccl.unlabelled-public"
 # Act only for a method that shares encoder adapters (the others only at a rank > 0).
 ENCODER_KEYS = ("lora.encoder-rank", "lora.encoder-alpha", "lora.encoder-share")
 # Act only for a method with SE-CCL (the temperature and views only with a weight above 0).
-PROTOTYPE_KEYS = ("seccl.prototype-weight", "seccl.prototype-temperature", "seccl.prototype-views")
+PROTOTYPE_KEYS = (
+    "seccl.prototype-weight",
+    "seccl.prototype-temperature",
+    "seccl.prototype-views",
+    "seccl.modality-prototypes",
+)
 
 
 def _identity(flat: dict) -> dict:

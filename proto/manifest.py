@@ -27,8 +27,10 @@ SENDER = {
     REPRESENTATIONS: pb.SENDER_ROLE_DEVICE,
 }
 # Representation payloads hold these two tensors: ids (N,) int64, z (N, F) float32;
-# prototype payloads hold classes (K,) int64 and z (K, F) float32.
+# prototype payloads hold classes (K,) int64 and z (K, F) float32, and optionally one
+# (K, F) table per subset of the modalities, named "set/<a>+<b>" (sorted names).
 IDS, Z, CLASSES = "ids", "z", "classes"
+MODALITY_SET = "set/"
 
 Kind = int | str
 Arrays = Mapping[str, np.ndarray]
@@ -272,6 +274,11 @@ def _prototype_problems(arrays: Arrays) -> list[str]:
         out.append(f"prototype classes have dtype {classes.dtype.name}, not an integer type")
     elif (classes < 0).any() or len(np.unique(classes)) != classes.size:
         out.append("prototype classes must be distinct and non-negative")
+    for name in sorted(set(arrays) - {Z, CLASSES}):
+        if not name.startswith(MODALITY_SET) or name == MODALITY_SET:
+            out.append(f"prototype tensor '{name}' is neither '{Z}', '{CLASSES}' nor 'set/<a>+<b>'")
+        elif np.asarray(arrays[name]).shape != z.shape:
+            out.append(f"prototypes '{name}' {np.asarray(arrays[name]).shape}, not {z.shape}")
     return out
 
 

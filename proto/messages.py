@@ -3,7 +3,8 @@
 Server -> device (train and evaluate): ``arrays`` (global shared state) with its
 manifest, ``config`` (``server-round``), and for training ``anchors`` (``ids``,
 ``z``: the server's fused representations of the device's public ids) and
-``prototypes`` (``classes``, ``z``: the cloud's class prototypes).
+``prototypes`` (``classes``, ``z``: the cloud's class prototypes, and with
+``seccl.modality-prototypes`` one ``set/<a>+<b>`` table per subset of the modalities).
 Device -> server (train reply): ``arrays`` (shared-state delta) whose manifest
 carries the device facts (modality set, per-modality counts, partition),
 ``reps`` (``ids``, ``z``), ``metrics`` (``num-examples`` and training losses) and
@@ -23,7 +24,15 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from common.exchange import DeviceUpdate, GlobalPayload
 from common.state import State, as_float32
-from proto.manifest import CLASSES, IDS, ManifestError, Z, manifest_from, read_manifest
+from proto.manifest import (
+    CLASSES,
+    IDS,
+    MODALITY_SET,
+    ManifestError,
+    Z,
+    manifest_from,
+    read_manifest,
+)
 from proto.records import (
     ANCHORS,
     ARRAYS,
@@ -102,6 +111,7 @@ def instruction(
     anchors: tuple[np.ndarray, np.ndarray] | None = None,
     dtype: str | None = None,
     prototypes: tuple[np.ndarray, np.ndarray] | None = None,
+    modality_prototypes: dict[tuple[str, ...], np.ndarray] | None = None,
 ) -> RecordDict:
     """Content of a train or evaluate instruction for one device.
 
@@ -115,6 +125,9 @@ def instruction(
         ``(ids (N,), z (N, F))``: SE-CCL anchors for this device's public ids.
     prototypes : tuple of numpy.ndarray, optional
         ``(classes (K,), z (K, F))``: the cloud's class prototypes.
+    modality_prototypes : dict, optional
+        Subset of the modalities (sorted names) -> ``(K, F)`` prototypes of the same
+        classes with only that subset present; sent beside ``prototypes``.
     """
     content = RecordDict(
         {ARRAYS: packed.record, manifest_key(ARRAYS): packed.manifest, CONFIG: config}
@@ -126,6 +139,8 @@ def instruction(
     if prototypes is not None and len(prototypes[0]):
         classes, z = prototypes
         payload = {CLASSES: np.asarray(classes, np.int64), Z: np.asarray(z, np.float32)}
+        for names, table in (modality_prototypes or {}).items():
+            payload[MODALITY_SET + "+".join(sorted(names))] = np.asarray(table, np.float32)
         put_payload(content, PROTOTYPES, payload, "PROTOTYPES", dtype, role="server")
     return content
 
@@ -155,6 +170,11 @@ def read_instruction(content: RecordDict) -> GlobalPayload:
         anchors=anchors.get(Z, np.zeros((0, 0), np.float32)).astype(np.float32),
         prototype_classes=protos.get(CLASSES, np.zeros(0, np.int64)),
         prototypes=protos.get(Z, np.zeros((0, 0), np.float32)).astype(np.float32),
+        modality_prototypes={
+            tuple(k.removeprefix(MODALITY_SET).split("+")): v.astype(np.float32)
+            for k, v in protos.items()
+            if k.startswith(MODALITY_SET)
+        },
         server_round=server_round,
         refactorised_round=refactorised,
     )

@@ -44,16 +44,29 @@ def anchors_for(
 
 def prototypes(
     settings: RunSettings, snap: StrategySnapshot, cloud: Cloud
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cloud's class prototypes (SE-CCL with ``seccl.prototype-weight`` > 0), or None.
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, dict[tuple[str, ...], np.ndarray]]:
+    """The cloud's class prototypes and those of each subset of the modalities.
 
     Computed from the anchor table, which under SE-CCL holds the cloud's ``z^s`` of
     every public train sample as the cloud stands (refreshed after its step,
-    restored on resume): the same for every device of the round.
+    restored on resume): the same for every device of the round. The subsets'
+    prototypes (``seccl.modality-prototypes``) come from the same cloud model.
+
+    Returns
+    -------
+    prototypes : tuple of numpy.ndarray or None
+        ``(classes (K,), z (K, F))``; None unless SE-CCL runs with
+        ``seccl.prototype-weight`` > 0.
+    by_subset : dict
+        Sorted modality names -> ``(K, F)``; empty unless ``seccl.modality-prototypes``.
     """
     if not (settings.components.seccl and settings.seccl.prototype_weight > 0):
-        return None
-    return cloud.prototypes(snap.anchor_ids, snap.anchors)
+        return None, {}
+    classes, z = cloud.prototypes(snap.anchor_ids, snap.anchors)
+    by_subset = {}
+    if settings.seccl.modality_prototypes and len(classes):
+        by_subset = cloud.modality_prototypes(classes, z)
+    return (classes, z), by_subset
 
 
 def update_anchors(

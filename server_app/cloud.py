@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from itertools import combinations
+
 import numpy as np
 
 from common.data.views import build_server_data, task_info
 from common.learning.evaluation import evaluate, fused_representations
 from common.learning.loop import Trainer
 from common.learning.losses import ExtraLoss, anchor_term, ccl_term
-from common.learning.prototypes import class_prototypes
+from common.learning.prototypes import class_prototypes, subset_prototypes
 from common.model.adapters import PRIVATE, adapter_parameters
 from common.model.factory import cloud_model
 from common.model.pretrained_encoders import trainable_parameters
@@ -131,6 +133,37 @@ class Cloud:
         data = self.data.public_train
         label_of = dict(zip(data.ids.tolist(), data.labels.tolist()))
         return class_prototypes(z, np.array([label_of[int(i)] for i in ids], np.int64))
+
+    def modality_prototypes(
+        self, classes: np.ndarray, prototypes: np.ndarray
+    ) -> dict[tuple[str, ...], np.ndarray]:
+        """Prototypes of the same classes for each proper subset of the modalities.
+
+        Parameters
+        ----------
+        classes, prototypes : numpy.ndarray
+            ``(K,)`` and ``(K, F)``: the prototypes of complete samples
+            (:meth:`prototypes`), each row the fallback of a class that no public
+            train sample holding the subset has.
+
+        Returns
+        -------
+        dict of tuple of str to numpy.ndarray
+            Sorted modality names -> ``(K, F)``, from the cloud's ``z`` of the public
+            train samples with every other modality masked out.
+        """
+        names = self.model.held
+        if bad := [m for m in names if "+" in m]:
+            raise ConfigError(f"seccl.modality-prototypes: modality names {bad} contain '+'")
+        data = self.data.public_train
+        label_of = dict(zip(data.ids.tolist(), data.labels.tolist()))
+        out = {}
+        for size in range(1, len(names)):
+            for subset in combinations(names, size):
+                ids, z = fused_representations(self.model, data, only=subset)
+                labels = np.array([label_of[int(i)] for i in ids], np.int64)
+                out[tuple(sorted(subset))] = subset_prototypes(z, labels, classes, prototypes)
+        return out
 
     def evaluate(self) -> dict[str, float]:
         """Score the cloud model on the public test split."""

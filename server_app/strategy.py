@@ -130,11 +130,11 @@ class MlEcsStrategy(FedAvg):
         )
         dtype, packs = s.transport.dtype, {}
         fill_anchors(s, snap, self.cloud)
-        protos = prototypes(s, snap, self.cloud)
+        protos, by_subset = prototypes(s, snap, self.cloud)
         for node in nodes:
             packed = self._pack_for(node, work.reference, packs)
             anchors = anchors_for(s, snap, self._node_partition.get(node, -1))
-            content = instruction(packed, config, anchors, dtype, protos)
+            content = instruction(packed, config, anchors, dtype, protos, by_subset)
             work.sent.append(Message(content, message_type=MessageType.TRAIN, dst_node_id=node))
             self.ledger.add_down(node, content)
         return work.sent

@@ -71,9 +71,18 @@ def evaluate(
 
 @torch.no_grad()
 def fused_representations(
-    model: MultimodalLM, data: SampleSet, batch_size: int = 128
+    model: MultimodalLM,
+    data: SampleSet,
+    batch_size: int = 128,
+    only: tuple[str, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fused ``z`` for every sample.
+    """Fused ``z`` for every sample, or with only some modalities present.
+
+    Parameters
+    ----------
+    only : tuple of str, optional
+        Mask every other modality out; samples that hold none of ``only`` are left
+        out of the result.
 
     Returns
     -------
@@ -83,10 +92,17 @@ def fused_representations(
         ``(N, fused_dim)`` float32.
     """
     model.eval()
+    keep = None
+    if only is not None:
+        keep = np.array([m in only for m in model.held])
+        cols = [data.modality_names.index(m) for m in model.held]
+        data = data.subset(np.flatnonzero(data.mask[:, cols][:, keep].any(1)))
     zs = []
     for start in range(0, len(data), batch_size):
-        index = np.arange(start, min(start + batch_size, len(data)))
-        _, z = model.represent(model.make_batch(data, index))
+        batch = model.make_batch(data, np.arange(start, min(start + batch_size, len(data))))
+        if keep is not None:
+            batch.mask = batch.mask & torch.as_tensor(keep, device=batch.mask.device)
+        _, z = model.represent(batch)
         zs.append(z.float().cpu().numpy())
     fused_dim = model.connector.to_fused[-1].out_features
     z_all = np.concatenate(zs) if zs else np.zeros((0, fused_dim), np.float32)

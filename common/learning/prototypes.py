@@ -11,6 +11,12 @@ With ``seccl.prototype-views`` the same classifier is also applied to each
 multimodal sample's single-modality views (its fused ``z`` with every other
 modality masked out, computed from the same per-modality embeddings): a sample
 that arrives with one modality missing should still land near its class.
+
+With ``seccl.modality-prototypes`` the cloud also sends, for each proper subset of
+the modalities, the prototypes of its ``z`` computed with only that subset present
+(:func:`subset_prototypes`); a sample that holds only such a subset is pulled
+toward that subset's prototypes, where the cloud itself puts such inputs, instead
+of toward the prototypes of complete samples.
 """
 
 from __future__ import annotations
@@ -52,8 +58,40 @@ def class_prototypes(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     return classes.astype(np.int64), protos.astype(np.float32)
 
 
+def subset_prototypes(
+    z: np.ndarray, labels: np.ndarray, classes: np.ndarray, fallback: np.ndarray
+) -> np.ndarray:
+    """Prototypes of the given classes from ``z``; a class without samples keeps its fallback.
+
+    Parameters
+    ----------
+    z : numpy.ndarray
+        ``(N, F)`` fused representations (e.g. with only some modalities present).
+    labels : numpy.ndarray
+        ``(N,)`` their class indices.
+    classes : numpy.ndarray
+        ``(K,)`` the classes wanted, in the order of ``fallback``'s rows.
+    fallback : numpy.ndarray
+        ``(K, F)`` the row used for a class with no sample in ``z``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(K, F)`` float32 unit rows.
+    """
+    found, rows = class_prototypes(z, labels)
+    row_of = {int(c): r for c, r in zip(found, rows)}
+    table = [row_of.get(int(c), fallback[k]) for k, c in enumerate(classes)]
+    return np.asarray(table, np.float32).reshape(len(classes), -1)
+
+
 def prototype_term(
-    classes: np.ndarray, prototypes: np.ndarray, weight: float, temperature: float
+    classes: np.ndarray,
+    prototypes: np.ndarray,
+    weight: float,
+    temperature: float,
+    by_subset: dict[tuple[str, ...], np.ndarray] | None = None,
+    held: tuple[str, ...] = (),
 ) -> ExtraLoss | None:
     """Cross-entropy of a cosine classifier whose weights are the prototypes.
 
@@ -65,24 +103,43 @@ def prototype_term(
         ``(K, F)`` prototypes (unit rows).
     weight, temperature : float
         Loss weight and softmax temperature of the cosine logits.
+    by_subset : dict, optional
+        Subset of the modalities (sorted names) -> ``(K, F)`` prototypes of the same
+        classes for samples that hold exactly that subset; other samples use
+        ``prototypes``.
+    held : tuple of str
+        The model's modalities, in the order of ``batch.mask``'s columns (needed
+        with ``by_subset``).
 
     Returns
     -------
     ExtraLoss or None
         None without prototypes. The term is skipped for a batch none of whose
-        samples has a class with a prototype.
+        samples has a class with a prototype; otherwise the mean cross-entropy
+        over those samples, each against its own subset's table.
     """
     if len(classes) < 2:  # one class alone gives no contrast
         return None
     column, table = _classifier(classes, prototypes)
+    tables = {k: _classifier(classes, v)[1] for k, v in (by_subset or {}).items()}
 
     def term(batch: Batch, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
         hit = [(i, column[int(y)]) for i, y in enumerate(batch.labels) if int(y) in column]
         if not hit:
             return None
-        rows = torch.tensor([i for i, _ in hit], device=z.device)
-        target = torch.tensor([k for _, k in hit], device=z.device)
-        return weight * _cosine_ce(z[rows], target, table, temperature)
+        groups: dict[tuple[str, ...], list[tuple[int, int]]] = {}
+        for i, k in hit:
+            subset = _present(batch.mask[i], held) if tables else ()
+            groups.setdefault(subset if subset in tables else (), []).append((i, k))
+        losses = []
+        for subset, members in groups.items():
+            rows = torch.tensor([i for i, _ in members], device=z.device)
+            target = torch.tensor([k for _, k in members], device=z.device)
+            ce = _cosine_ce(z[rows], target, tables.get(subset, table), temperature)
+            losses.append((ce, len(members)))
+        if len(losses) == 1:
+            return weight * losses[0][0]
+        return weight * sum(ce * n for ce, n in losses) / len(hit)
 
     return term
 
@@ -132,6 +189,11 @@ def view_prototype_term(
         return weight * _cosine_ce(fuse(e[rows], alone).float(), target, table, temperature)
 
     return term
+
+
+def _present(mask_row: torch.Tensor, held: tuple[str, ...]) -> tuple[str, ...]:
+    """Sorted names of the modalities a sample holds (``mask_row`` in ``held``'s order)."""
+    return tuple(sorted(held[j] for j in torch.nonzero(mask_row).flatten().tolist()))
 
 
 def _classifier(classes: np.ndarray, prototypes: np.ndarray) -> tuple[dict[int, int], torch.Tensor]:

@@ -182,3 +182,26 @@ def test_view_prototypes_train_under_the_key(tiny_config):
     payload.prototype_classes, payload.prototypes = classes, protos
     update = device.train(payload, server_round=1)
     assert "shared_loss_proto_views" in update.metrics and "shared_loss_proto" in update.metrics
+
+
+def test_samples_missing_a_modality_train_toward_their_subsets_prototypes(tiny_config):
+    # Prepare: the same device and prototypes, with and without a table for its modality
+    def proto_loss(by_subset: bool) -> float:
+        device, payload = _device(
+            tiny_config,
+            method="mlecs",
+            **{"seccl.modality-prototypes": True, "train.steps": 2, "ccl.weight": 0.0},
+        )
+        held = device.model.held
+        rng = np.random.default_rng(0)
+        classes = np.arange(len(device.task.class_names))
+        protos = rng.normal(size=(len(classes), device.settings.model.fused_dim))
+        payload.prototype_classes, payload.prototypes = classes, protos.astype(np.float32)
+        if by_subset:
+            payload.modality_prototypes = {
+                tuple(sorted(s)): -payload.prototypes for s in [held[:1], held[1:]] if s
+            }
+        return device.train(payload, server_round=1).metrics["shared_loss_proto"]
+
+    # Assert: the subset tables change what the term measures
+    assert proto_loss(True) != proto_loss(False)

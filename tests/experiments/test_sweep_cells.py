@@ -110,12 +110,13 @@ def test_encoder_adapter_keys_tell_apart_only_runs_that_share_encoders():
     assert not runner._same_run(b, {**b, "lora.encoder-share": False})
 
 
-def test_prototype_views_tell_apart_only_runs_with_prototypes():
+@pytest.mark.parametrize("key", ["seccl.prototype-views", "seccl.modality-prototypes"])
+def test_prototype_switches_tell_apart_only_runs_with_prototypes(key):
     a = runner.resolved({"method": "mlecs", "seed": 0})
-    older = {k: v for k, v in a.items() if k != "seccl.prototype-views"}
-    assert runner._same_run(older, a)  # saved before the key: no views
-    assert not runner._same_run(a, {**a, "seccl.prototype-views": True})
+    older = {k: v for k, v in a.items() if k != key}
+    assert runner._same_run(older, a)  # saved before the key: off
+    assert not runner._same_run(a, {**a, key: True})
     off = {**a, "seccl.prototype-weight": 0.0}
-    assert runner._same_run(off, {**off, "seccl.prototype-views": True})
+    assert runner._same_run(off, {**off, key: True})
     fedit = runner.resolved({"method": "fedit", "seed": 0})
-    assert runner._same_run(fedit, {**fedit, "seccl.prototype-views": True})
+    assert runner._same_run(fedit, {**fedit, key: True})

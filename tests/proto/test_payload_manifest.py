@@ -284,3 +284,13 @@ def test_malformed_prototypes_are_named(classes, z, problem):
         build_manifest("PROTOTYPES", {"classes": classes, "z": z}, role="server")
     with pytest.raises(ManifestError, match="needs tensors 'classes' and 'z'"):
         build_manifest("PROTOTYPES", {"z": z}, role="server")
+
+
+def test_prototypes_of_modality_subsets_travel_beside_the_full_ones():
+    sets = {"set/acc": np.zeros((2, 4), np.float32), "set/acc+gyro": np.ones((2, 4), np.float32)}
+    manifest = build_manifest("PROTOTYPES", {**_protos(), **sets}, role="server")
+    assert validate_payload(manifest, {**_protos(), **sets}, expected_kind="PROTOTYPES") == []
+    with pytest.raises(ManifestError, match="'set/acc' \\(3, 4\\), not \\(2, 4\\)"):
+        build_manifest("PROTOTYPES", {**_protos(), "set/acc": np.ones((3, 4))}, role="server")
+    with pytest.raises(ManifestError, match="'extra' is neither"):
+        build_manifest("PROTOTYPES", {**_protos(), "extra": np.ones((2, 4))}, role="server")

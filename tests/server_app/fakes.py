@@ -37,6 +37,9 @@ class FakeCloud:
         assert np.array_equal(ids, self.representations()[0])  # from the anchor table
         return np.array([0, 2, 5], np.int64), np.eye(3, FUSED, dtype=np.float32)
 
+    def modality_prototypes(self, classes, prototypes):
+        return {(m,): prototypes + k + 1 for k, m in enumerate(MODS)}
+
 
 class FakeGrid:
     def __init__(self, nodes):

@@ -203,3 +203,17 @@ def test_the_clouds_prototypes_reach_every_device_only_under_se_ccl(method, weig
             np.testing.assert_array_equal(payload.prototypes, np.eye(3, FUSED, dtype=np.float32))
         else:
             assert len(payload.prototype_classes) == 0 and "prototypes" not in msg.content
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_modality_subsets_prototypes_travel_only_under_their_key(on):
+    st = strategy("mlecs", **{"seccl.modality-prototypes": on})
+    for msg in instructions(st).values():
+        payload = read_instruction(msg.content)
+        if on:
+            assert sorted(payload.modality_prototypes) == [("acc",), ("gyro",)]
+            want = np.eye(3, FUSED, dtype=np.float32) + 2
+            np.testing.assert_array_equal(payload.modality_prototypes[("gyro",)], want)
+        else:
+            assert payload.modality_prototypes == {}
+        assert payload.prototype_classes.tolist() == [0, 2, 5]
