@@ -4,16 +4,18 @@ A sweep's tables compare methods by the mean over devices. This breaks that
 difference down by the devices' modality sets (``--by modality``: unimodal or
 multimodal devices differ in what CCL and fusion can do for them) or by their
 encoders (``--by encoder``: devices cycle through the encoder families, and a weak
-encoder limits what any method can do): for each seed both methods ran,
+encoder limits what any method can do) or by their device profiles (``--by profile``:
+a profile of ``profile-mix`` may lower a box's LoRA rank): for each seed both ran,
 each device's tail score (its mean over the last ``--tail`` evaluated rounds of
-``rounds.jsonl``) under method ``a`` minus the same device's under ``b``,
+``rounds.jsonl``) under method ``a`` minus the same device's under ``b`` (from
+``--runs-b`` when the two arms are separate sweeps; groups follow ``a``'s runs),
 averaged within each group of devices; then over seeds, a mean with a 95%
 t interval (the seed stays the unit of replication, as in `experiments.stats`).
 
 Usage::
 
     python -m experiments.devices --runs outputs/hapt_scarce_skew/runs --a no-ccl --b mlecs \
-        [--by modality|encoder]
+        [--by modality|encoder|profile] [--runs-b OTHER_SWEEP/runs]
 """
 
 from __future__ import annotations
@@ -85,7 +87,23 @@ def encoder_groups(run_config: dict, num_nodes: int) -> dict[int, str]:
     return out
 
 
-GROUPINGS: dict[str, Groups] = {"modality": modality_groups, "encoder": encoder_groups}
+def profile_groups(run_config: dict, num_nodes: int) -> dict[int, str]:
+    """Partition id -> the device's profile and LoRA rank, e.g. ``"sbc-2gb (rank 2)"``."""
+    from client_app.handlers import device_settings
+
+    out = {}
+    for pid in range(num_nodes):
+        settings, profile = device_settings(run_config, {"partition-id": pid})
+        name = profile.name if profile is not None else "no profile"
+        out[pid] = f"{name} (rank {settings.lora.rank})"
+    return out
+
+
+GROUPINGS: dict[str, Groups] = {
+    "modality": modality_groups,
+    "encoder": encoder_groups,
+    "profile": profile_groups,
+}
 
 
 def _read_run(folder: Path) -> tuple[list[dict], dict, dict]:
@@ -96,7 +114,13 @@ def _read_run(folder: Path) -> tuple[list[dict], dict, dict]:
 
 
 def compare(
-    runs: Path, a: str, b: str, metric: str = "f1", tail: int = 5, groups: Groups = modality_groups
+    runs: Path,
+    a: str,
+    b: str,
+    metric: str = "f1",
+    tail: int = 5,
+    groups: Groups = modality_groups,
+    runs_b: Path | None = None,
 ) -> dict[str, dict]:
     """Paired per-device differences ``a - b`` by device group, over seeds.
 
@@ -105,7 +129,9 @@ def compare(
     runs : Path
         A sweep's run folder, holding ``<method>-s<seed>/`` folders.
     groups : callable
-        ``groups(run_config, num_nodes) -> {partition id: group name}``.
+        ``groups(run_config, num_nodes) -> {partition id: group name}``, from ``a``'s run.
+    runs_b : Path, optional
+        The run folder of ``b`` when the two arms are separate sweeps (default ``runs``).
 
     Returns
     -------
@@ -117,7 +143,7 @@ def compare(
     """
     per_seed: dict[str, list[float]] = {}
     counts: dict[str, list[int]] = {}
-    finished_b = finished_runs(runs, b)
+    finished_b = finished_runs(runs_b or runs, b)
     for seed, folder_a in finished_runs(runs, a).items():
         if seed not in finished_b:
             continue
@@ -183,13 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="f1", help="a per-device metric in rounds.jsonl")
     p.add_argument("--tail", type=int, default=5, help="last evaluated rounds averaged")
     p.add_argument("--by", choices=sorted(GROUPINGS), default="modality", help="device groups")
+    p.add_argument("--runs-b", type=Path, help="b's runs/ folder, if not --runs")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     """Print the per-device breakdown of ``a - b``."""
     args = build_parser().parse_args(argv)
-    result = compare(args.runs, args.a, args.b, args.metric, args.tail, GROUPINGS[args.by])
+    groups = GROUPINGS[args.by]
+    result = compare(args.runs, args.a, args.b, args.metric, args.tail, groups, args.runs_b)
     if not result:
         raise SystemExit(f"error: no seed with finished runs of both '{args.a}' and '{args.b}'")
     print(table(result, args.a, args.b, args.metric))

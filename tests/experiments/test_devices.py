@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.devices import compare, device_tail, encoder_groups, table
+from experiments.devices import compare, device_tail, encoder_groups, profile_groups, table
 
 
 def _run(root: Path, method: str, seed: int, per_round: list[dict[int, float]]) -> None:
@@ -69,3 +69,21 @@ def test_compare_without_common_seeds_is_empty(tmp_path):
 def test_encoder_groups_follow_the_devices_encoder_cycle(tiny_config: dict):
     config = {**tiny_config, "model.sensor-encoders": "gru,mlp", "modality.scenario": "full"}
     assert encoder_groups(config, 3) == {0: "sensor:gru", 1: "sensor:mlp", 2: "sensor:gru"}
+
+
+def test_two_sweeps_pair_the_same_method_name_by_seed(tmp_path):
+    # Two arms of one method in separate sweeps: a fleet and the same fleet at one rank
+    _run(tmp_path / "fleet", "mlecs", 0, [{0: 0.5, 1: 0.9}])
+    _run(tmp_path / "one-rank", "mlecs", 0, [{0: 0.7, 1: 0.9}])
+    out = compare(
+        tmp_path / "fleet", "mlecs", "mlecs", tail=1, groups=_groups, runs_b=tmp_path / "one-rank"
+    )
+    assert out["multimodal"]["mean"] == pytest.approx(-0.2)
+    assert out["unimodal"]["mean"] == pytest.approx(0.0)
+
+
+def test_profile_groups_name_each_boxs_profile_and_rank(tiny_config: dict):
+    config = {**tiny_config, "profile-mix": "sbc-2gb:1,jetson-orin:1", "lora.rank": 8}
+    groups = profile_groups(config, 3)
+    assert groups == {0: "sbc-2gb (rank 2)", 1: "jetson-orin (rank 8)", 2: "sbc-2gb (rank 2)"}
+    assert set(profile_groups(tiny_config, 2).values()) == {"no profile (rank 8)"}
