@@ -174,15 +174,19 @@ class TrainSettings(Section):
 class AmtSettings(Section):
     """Adaptive multimodal tuning: how a device splits its step budget, and what it tunes.
 
-    ``schedule``: the private stage goes on tuning the device's copy of the shared
-    adapters (a personal copy, replaced by the next global state). ``gate``: the
-    paper's design, a private LoRA beside the shared one, both active and mixed by a
-    learned gate; the private stage tunes the private LoRA and the gate, which stay
-    on the device from round to round.
+    ``off`` (the default since 2026-12-07, by a declared tuning rule: removing the
+    private stage did not lower the devices' score): ``mlecs`` and its ablations
+    spend every step in one stage whose result is uploaded; the controls
+    ``fedit-ft`` and ``standalone-ft`` keep their two stages (``schedule``).
+    ``schedule``: the budget is split; the private stage goes on tuning the
+    device's copy of the shared adapters (a personal copy, replaced by the next
+    global state). ``gate``: the paper's design, a private LoRA beside the shared
+    one, both active and mixed by a learned gate; the private stage tunes the
+    private LoRA and the gate, which stay on the device from round to round.
     """
 
     shared_fraction: float = Field(0.5, gt=0, lt=1)  # of train.steps, in the shared stage
-    variant: Literal["schedule", "gate"] = "schedule"
+    variant: Literal["off", "schedule", "gate"] = "off"
 
     def split(self, steps: int) -> tuple[int, int]:
         """``steps`` split into (shared-stage steps, private-stage steps), each at least 1."""

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from common.lora_ranks import SVD_AGGREGATIONS
-from common.methods import METHODS, Components
+from common.methods import CONTROLS, METHODS, Components
 from common.run_config import ConfigError, describe
 from common.sections import (
     AmtSettings,
@@ -128,8 +128,16 @@ class RunSettings(Section):
 
     @property
     def components(self) -> Components:
-        """Which ML-ECS components and exchanges the method switches on."""
-        return Components.for_method(self.method)
+        """Which ML-ECS components and exchanges the method switches on.
+
+        ``amt.variant = "off"`` takes AMT out of ``mlecs`` and its ablations; the
+        controls (``fedit-ft``, ``standalone-ft``) are defined by AMT's two stages
+        and keep them.
+        """
+        comps = Components.for_method(self.method)
+        if comps.amt and self.amt.variant == "off" and self.method not in CONTROLS:
+            comps = comps.model_copy(update={"amt": False})
+        return comps
 
     @property
     def exchange_representations(self) -> bool:

@@ -34,7 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from common.atomic import write_text
-from common.methods import METHODS, Components
+from common.methods import CONTROLS, METHODS, Components
 from common.run_config import flatten, parse_overrides, read_toml_config
 from common.settings import ConfigError, RunSettings
 from experiments.exclusive import SweepBusy, die_with_parent, exclusive
@@ -160,6 +160,8 @@ ADDED_KEYS = {
 }
 # Keys that act only through CCL: they do not tell apart two runs of a method without it.
 CCL_KEYS = ("ccl.weight", "ccl.cloud", "ccl.private-stage", "ccl.max-share")
+# Act only where a method runs AMT's stages.
+AMT_KEYS = ("amt.variant", "amt.shared-fraction")
 # Acts only for a method with device anchors (SE-CCL, CreamFL) without public shares.
 UNLABELLED_KEY = "seccl.unlabelled-public"
 # Act only for a method that shares encoder adapters (the others only at a rank > 0).
@@ -190,7 +192,13 @@ def _identity(flat: dict) -> dict:
     elif not merged.get("lora.encoder-rank"):
         inert.update(ENCODER_KEYS[1:])
     if comps is None or not comps.amt:
-        inert.add("amt.variant")
+        inert.update(AMT_KEYS)
+    elif method in CONTROLS:
+        # The controls always run AMT's two stages: "off" is "schedule" for them.
+        if merged.get("amt.variant") == "off":
+            merged["amt.variant"] = "schedule"
+    elif merged.get("amt.variant") == "off":
+        inert.add("amt.shared-fraction")
     if comps is None or not comps.seccl:
         inert.update(PROTOTYPE_KEYS)
     elif not merged.get("seccl.prototype-weight"):

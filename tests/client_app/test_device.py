@@ -16,7 +16,9 @@ from common.state import subtract
 
 def test_only_the_shared_stage_result_is_uploaded(tiny_config: dict):
     # Prepare
-    settings = RunSettings.from_run_config({**tiny_config, "method": "mlecs"})
+    settings = RunSettings.from_run_config(
+        {**tiny_config, "method": "mlecs", "amt.variant": "schedule"}
+    )
     payload = GlobalPayload(state=initial_global_state(settings, reference_edge_model(settings)))
     device = Device(settings, DeviceIdentity(0, 2))
     device.restore(None, payload)
@@ -48,6 +50,22 @@ def test_only_the_shared_stage_result_is_uploaded(tiny_config: dict):
         np.testing.assert_array_equal(local["shared/" + k], after_stage[1][k])
 
 
+def test_by_default_mlecs_trains_one_stage_as_no_amt_does(tiny_config: dict):
+    # Since 2026-12-07 AMT's private stage is off by default (amt.variant = "off")
+    updates = {}
+    for method in ("mlecs", "no-amt"):
+        settings = RunSettings.from_run_config({**tiny_config, "method": method})
+        state = initial_global_state(settings, reference_edge_model(settings))
+        device = Device(settings, DeviceIdentity(0, 2))
+        device.restore(None, GlobalPayload(state=state))
+        updates[method] = device.train(GlobalPayload(state=state), server_round=1)
+    a, b = updates["mlecs"], updates["no-amt"]
+    assert a.delta.keys() == b.delta.keys() and a.metrics.keys() == b.metrics.keys()
+    for k in a.delta:
+        np.testing.assert_array_equal(a.delta[k], b.delta[k])
+    assert not any(k.startswith(("shared_", "private_")) for k in a.metrics)
+
+
 def _trained_fedit_device(tiny_config: dict, server_round: int):
     """A FedIT device's settings, the payload it trained on and its local state after."""
     settings = RunSettings.from_run_config({**tiny_config, "method": "fedit"})
@@ -74,6 +92,7 @@ def test_ccl_private_stage_switch_keeps_ccl_in_the_shared_stage(tiny_config: dic
         config = {
             **tiny_config,
             "method": "mlecs",
+            "amt.variant": "schedule",
             "ccl.private-stage": private_stage,
             "ccl.weight": 0.1,
         }
@@ -95,6 +114,7 @@ def test_unlabelled_public_share_is_anchored_but_not_trained_on(tiny_config: dic
         config = {
             **tiny_config,
             "method": "mlecs",
+            "amt.variant": "schedule",
             "data.use-public-share": share,
             "seccl.unlabelled-public": unlabelled,
         }
@@ -124,7 +144,9 @@ def test_unlabelled_public_share_is_anchored_but_not_trained_on(tiny_config: dic
 
 def test_encoder_adapters_of_the_devices_own_groups_are_uploaded(tiny_config: dict):
     # Prepare
-    settings = RunSettings.from_run_config({**tiny_config, "lora.encoder-rank": 4})
+    settings = RunSettings.from_run_config(
+        {**tiny_config, "lora.encoder-rank": 4, "amt.variant": "schedule"}
+    )
     payload = GlobalPayload(state=initial_global_state(settings, reference_edge_model(settings)))
     device = Device(settings, DeviceIdentity(2, 3))
     device.restore(None, payload)

@@ -109,7 +109,12 @@ def test_prototypes_pull_a_devices_samples_toward_their_class(tiny_config):
         device, payload = _device(
             tiny_config,
             method="mlecs",
-            **{"seccl.prototype-weight": weight, "train.steps": 8, "ccl.weight": 0.0},
+            **{
+                "amt.variant": "schedule",
+                "seccl.prototype-weight": weight,
+                "train.steps": 8,
+                "ccl.weight": 0.0,
+            },
         )
         data = device.held
         ids, z = fused_representations(device.model, data)
@@ -181,7 +186,7 @@ def test_view_prototypes_train_under_the_key(tiny_config):
     protos = rng.normal(size=(len(classes), device.settings.model.fused_dim)).astype(np.float32)
     payload.prototype_classes, payload.prototypes = classes, protos
     update = device.train(payload, server_round=1)
-    assert "shared_loss_proto_views" in update.metrics and "shared_loss_proto" in update.metrics
+    assert "train_loss_proto_views" in update.metrics and "train_loss_proto" in update.metrics
 
 
 def test_samples_missing_a_modality_train_toward_their_subsets_prototypes(tiny_config):
@@ -201,7 +206,7 @@ def test_samples_missing_a_modality_train_toward_their_subsets_prototypes(tiny_c
             payload.modality_prototypes = {
                 tuple(sorted(s)): -payload.prototypes for s in [held[:1], held[1:]] if s
             }
-        return device.train(payload, server_round=1).metrics["shared_loss_proto"]
+        return device.train(payload, server_round=1).metrics["train_loss_proto"]
 
     # Assert: the subset tables change what the term measures
     assert proto_loss(True) != proto_loss(False)

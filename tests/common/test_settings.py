@@ -84,6 +84,16 @@ def test_method_components():
         c = RunSettings(method=method).components
         assert c.amt and c.federated == federated
         assert not (c.ccl or c.mma or c.seccl or c.share_encoders or c.rep_exchange)
+
+    # AMT's stages: off in mlecs by default, on with a variant; the controls keep theirs
+    def amt(method: str, variant: str) -> bool:
+        return RunSettings.from_run_config(
+            {"method": method, "amt.variant": variant}
+        ).components.amt
+
+    assert not amt("mlecs", "off") and amt("mlecs", "schedule") and amt("mlecs", "gate")
+    assert not RunSettings(method="mlecs").components.amt and not amt("no-amt", "schedule")
+    assert amt("fedit-ft", "off") and amt("standalone-ft", "off") and not amt("fedit", "gate")
     # Central DP with a method that cannot share them is fine
     RunSettings.from_run_config(
         {"method": "fedit", "dp.noise-multiplier": 1.0, "lora.encoder-rank": 4}

@@ -120,3 +120,15 @@ def test_prototype_switches_tell_apart_only_runs_with_prototypes(key):
     assert runner._same_run(off, {**off, key: True})
     fedit = runner.resolved({"method": "fedit", "seed": 0})
     assert runner._same_run(fedit, {**fedit, key: True})
+
+
+def test_amt_off_is_the_controls_schedule_and_leaves_mlecs_split_inert():
+    ft = runner.resolved({"method": "fedit-ft", "seed": 0})
+    assert runner._same_run({**ft, "amt.variant": "schedule"}, {**ft, "amt.variant": "off"})
+    assert not runner._same_run({**ft, "amt.variant": "gate"}, {**ft, "amt.variant": "off"})
+    ml = runner.resolved({"method": "mlecs", "seed": 0})
+    assert ml["amt.variant"] == "off"
+    assert runner._same_run(ml, {**ml, "amt.shared-fraction": 0.25})  # no split to set
+    assert not runner._same_run(ml, {**ml, "amt.variant": "schedule"})
+    older = {k: v for k, v in ml.items() if k != "amt.variant"}  # saved before the key
+    assert not runner._same_run(older, ml)
