@@ -31,6 +31,7 @@ SENDER = {
 # (K, F) table per subset of the modalities, named "set/<a>+<b>" (sorted names).
 IDS, Z, CLASSES = "ids", "z", "classes"
 MODALITY_SET = "set/"
+SCALE = "::scale"  # int8 transport: "<name>::scale" holds the float32 scale of "<name>"
 
 Kind = int | str
 Arrays = Mapping[str, np.ndarray]
@@ -275,6 +276,8 @@ def _prototype_problems(arrays: Arrays) -> list[str]:
     elif (classes < 0).any() or len(np.unique(classes)) != classes.size:
         out.append("prototype classes must be distinct and non-negative")
     for name in sorted(set(arrays) - {Z, CLASSES}):
+        if name.endswith(SCALE):  # a quantised tensor's scale, checked on dequantising
+            continue
         if not name.startswith(MODALITY_SET) or name == MODALITY_SET:
             out.append(f"prototype tensor '{name}' is neither '{Z}', '{CLASSES}' nor 'set/<a>+<b>'")
         elif np.asarray(arrays[name]).shape != z.shape:

@@ -11,7 +11,13 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from common.state import State
-from proto.manifest import build_manifest, manifest_from, manifest_record, validate_payload
+from proto.manifest import (
+    SCALE,
+    build_manifest,
+    manifest_from,
+    manifest_record,
+    validate_payload,
+)
 
 ARRAYS, ANCHORS, REPS, CONFIG, METRICS = "arrays", "anchors", "reps", "config", "metrics"
 PROTOTYPES = "prototypes"
@@ -33,7 +39,6 @@ def to_record(state: State, dtype: str | None = None) -> ArrayRecord:
     return ArrayRecord({k: Array(cast(v)) for k, v in state.items()})
 
 
-SCALE = "::scale"  # int8 transport: "<name>::scale" holds the float32 scale of "<name>"
 
 
 def quantize(state: State) -> State:

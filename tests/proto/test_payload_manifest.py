@@ -292,5 +292,7 @@ def test_prototypes_of_modality_subsets_travel_beside_the_full_ones():
     assert validate_payload(manifest, {**_protos(), **sets}, expected_kind="PROTOTYPES") == []
     with pytest.raises(ManifestError, match="'set/acc' \\(3, 4\\), not \\(2, 4\\)"):
         build_manifest("PROTOTYPES", {**_protos(), "set/acc": np.ones((3, 4))}, role="server")
+    scaled = {**_protos(), "set/acc": np.zeros((2, 4), np.int8), "set/acc::scale": np.ones(1)}
+    build_manifest("PROTOTYPES", scaled, role="server")  # int8 transport adds scales
     with pytest.raises(ManifestError, match="'extra' is neither"):
         build_manifest("PROTOTYPES", {**_protos(), "extra": np.ones((2, 4))}, role="server")

@@ -123,7 +123,13 @@ def test_reply_holds_only_shared_state_and_public_representations(grid_factory, 
 
 
 def test_private_state_persists_across_messages_and_restarts(grid_factory, tiny_config, tmp_path):
-    config = {**tiny_config, "method": "mlecs", "run-name": "state", "strategy.min-nodes": 1}
+    config = {
+        **tiny_config,
+        "method": "mlecs",
+        "amt.variant": "schedule",
+        "run-name": "state",
+        "strategy.min-nodes": 1,
+    }
     settings = RunSettings.from_run_config(config)
     run = ServerRun(settings)
     node_cfg = {"partition-id": 0, "num-partitions": 2, "state-dir": str(tmp_path / "dev")}
