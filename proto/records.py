@@ -39,8 +39,6 @@ def to_record(state: State, dtype: str | None = None) -> ArrayRecord:
     return ArrayRecord({k: Array(cast(v)) for k, v in state.items()})
 
 
-
-
 def quantize(state: State) -> State:
     """Floating-point arrays as int8 with one float32 scale each (``max|v| / 127``).
 
