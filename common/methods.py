@@ -16,6 +16,19 @@ CONTROLS = ("fedit-ft", "standalone-ft")
 METHODS = ("mlecs", *ABLATIONS, *BASELINES, *CONTROLS)
 
 
+def amt_variant(method: str, variant: str) -> str | None:
+    """The AMT variant ``method`` runs under ``amt.variant = variant``, or None without AMT.
+
+    ``"off"`` takes AMT out of ``mlecs`` and its ablations; the controls are defined
+    by AMT's two stages, so for them ``"off"`` is ``"schedule"``.
+    """
+    if not Components.for_method(method).amt:
+        return None
+    if variant == "off":
+        return "schedule" if method in CONTROLS else None
+    return variant
+
+
 class Components(BaseModel):
     """Switches derived from ``method``.
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from common.lora_ranks import SVD_AGGREGATIONS
-from common.methods import CONTROLS, METHODS, Components
+from common.methods import METHODS, Components, amt_variant
 from common.run_config import ConfigError, describe
 from common.sections import (
     AmtSettings,
@@ -135,7 +135,7 @@ class RunSettings(Section):
         and keep them.
         """
         comps = Components.for_method(self.method)
-        if comps.amt and self.amt.variant == "off" and self.method not in CONTROLS:
+        if comps.amt and amt_variant(self.method, self.amt.variant) is None:
             comps = comps.model_copy(update={"amt": False})
         return comps
 

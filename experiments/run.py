@@ -34,7 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from common.atomic import write_text
-from common.methods import CONTROLS, METHODS, Components
+from common.methods import METHODS, Components, amt_variant
 from common.run_config import flatten, parse_overrides, read_toml_config
 from common.settings import ConfigError, RunSettings
 from experiments.exclusive import SweepBusy, die_with_parent, exclusive
@@ -191,14 +191,11 @@ def _identity(flat: dict) -> dict:
         inert.update(ENCODER_KEYS)
     elif not merged.get("lora.encoder-rank"):
         inert.update(ENCODER_KEYS[1:])
-    if comps is None or not comps.amt:
+    variant = amt_variant(method, merged.get("amt.variant", "off")) if comps else None
+    if variant is None:
         inert.update(AMT_KEYS)
-    elif method in CONTROLS:
-        # The controls always run AMT's two stages: "off" is "schedule" for them.
-        if merged.get("amt.variant") == "off":
-            merged["amt.variant"] = "schedule"
-    elif merged.get("amt.variant") == "off":
-        inert.add("amt.shared-fraction")
+    else:  # the variant that runs ("off" is "schedule" for the controls)
+        merged["amt.variant"] = variant
     if comps is None or not comps.seccl:
         inert.update(PROTOTYPE_KEYS)
     elif not merged.get("seccl.prototype-weight"):

@@ -140,6 +140,8 @@ def instruction(
         classes, z = prototypes
         payload = {CLASSES: np.asarray(classes, np.int64), Z: np.asarray(z, np.float32)}
         for names, table in (modality_prototypes or {}).items():
+            if bad := [m for m in names if "+" in m]:
+                raise ValueError(f"modality names {bad} contain '+', which names a set on the wire")
             payload[MODALITY_SET + "+".join(sorted(names))] = np.asarray(table, np.float32)
         put_payload(content, PROTOTYPES, payload, "PROTOTYPES", dtype, role="server")
     return content

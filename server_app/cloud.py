@@ -130,9 +130,7 @@ class Cloud:
         classes, prototypes : numpy.ndarray
             ``(K,)`` and ``(K, F)``, from the samples' labels.
         """
-        data = self.data.public_train
-        label_of = dict(zip(data.ids.tolist(), data.labels.tolist()))
-        return class_prototypes(z, np.array([label_of[int(i)] for i in ids], np.int64))
+        return class_prototypes(z, self._public_labels(ids))
 
     def modality_prototypes(
         self, classes: np.ndarray, prototypes: np.ndarray
@@ -153,17 +151,19 @@ class Cloud:
             train samples with every other modality masked out.
         """
         names = self.model.held
-        if bad := [m for m in names if "+" in m]:
-            raise ConfigError(f"seccl.modality-prototypes: modality names {bad} contain '+'")
-        data = self.data.public_train
-        label_of = dict(zip(data.ids.tolist(), data.labels.tolist()))
         out = {}
         for size in range(1, len(names)):
             for subset in combinations(names, size):
-                ids, z = fused_representations(self.model, data, only=subset)
-                labels = np.array([label_of[int(i)] for i in ids], np.int64)
-                out[tuple(sorted(subset))] = subset_prototypes(z, labels, classes, prototypes)
+                ids, z = fused_representations(self.model, self.data.public_train, only=subset)
+                table = subset_prototypes(z, self._public_labels(ids), classes, prototypes)
+                out[tuple(sorted(subset))] = table
         return out
+
+    def _public_labels(self, ids: np.ndarray) -> np.ndarray:
+        """``(N,)`` int64 class labels of the public train samples ``ids``."""
+        data = self.data.public_train
+        label_of = dict(zip(data.ids.tolist(), data.labels.tolist()))
+        return np.array([label_of[int(i)] for i in ids], np.int64)
 
     def evaluate(self) -> dict[str, float]:
         """Score the cloud model on the public test split."""

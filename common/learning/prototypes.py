@@ -137,7 +137,7 @@ def prototype_term(
             target = torch.tensor([k for _, k in members], device=z.device)
             ce = _cosine_ce(z[rows], target, tables.get(subset, table), temperature)
             losses.append((ce, len(members)))
-        if len(losses) == 1:
+        if len(losses) == 1:  # the exact arithmetic of one table (runs without subsets)
             return weight * losses[0][0]
         return weight * sum(ce * n for ce, n in losses) / len(hit)
 

@@ -21,6 +21,7 @@ from proto.manifest import (
     read_manifest,
     validate_payload,
 )
+from proto.messages import instruction, pack_global
 from proto.mlecs.v1 import manifest_pb2
 
 
@@ -296,3 +297,9 @@ def test_prototypes_of_modality_subsets_travel_beside_the_full_ones():
     build_manifest("PROTOTYPES", scaled, role="server")  # int8 transport adds scales
     with pytest.raises(ManifestError, match="'extra' is neither"):
         build_manifest("PROTOTYPES", {**_protos(), "extra": np.ones((2, 4))}, role="server")
+
+
+def test_a_modality_name_with_a_plus_cannot_name_a_set_on_the_wire():
+    protos = (np.array([0, 1], np.int64), np.eye(2, 4, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"\['a\+b'\] contain '\+'"):
+        instruction(pack_global({}), ConfigRecord({}), None, None, protos, {("a+b",): protos[1]})
