@@ -39,6 +39,7 @@ from common.learning.prototypes import prototype_term, view_prototype_term
 from common.lora_ranks import truncate_ranks
 from common.model.adapters import PRIVATE, SHARED, adapter_parameters
 from common.model.factory import edge_model
+from common.model.held_components import train_first_components
 from common.model.multimodal import MultimodalLM
 from common.model.pretrained_encoders import trainable_parameters
 from common.model.state import (
@@ -90,6 +91,8 @@ class Device:
             *adapter_parameters(m.lm, SHARED),
             *m.encoder_adapters.parameters(),
         ]
+        if settings.lora.trained_rank:  # lora.hold-rest: train the first, hold the rest
+            train_first_components(m, settings.lora.trained_rank)
         # The paper's AMT (amt.variant = "gate"): a private LoRA and the gate, tuned
         # in the private stage only, never shared.
         self.private_params = (
@@ -122,8 +125,11 @@ class Device:
             load_shared_state(self.model, truncate_ranks(payload.state, self.settings.lora.rank))
 
     def shared_state(self) -> State:
-        """The state this device shares: the shared low-rank adapters (FedSA: their A)."""
-        state = shared_state(self.model)
+        """The state this device shares: the shared low-rank adapters (FedSA: their A).
+
+        Under ``lora.trained-rank`` only the components it trains (the first ones).
+        """
+        state = truncate_ranks(shared_state(self.model), self.settings.lora.trained_rank or None)
         if not self.settings.lora.encoder_share:
             state = {k: v for k, v in state.items() if not k.startswith(ENC_LORA)}
         return shareable(state, self.settings.components.share_b)

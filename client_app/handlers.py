@@ -100,6 +100,7 @@ def device_settings(run_config: dict, node_config: dict) -> tuple[RunSettings, P
         "lora.rank": lora.rank,
         "lora.alpha": lora.alpha,
         "lora.profile-ranks": lora.profile_ranks,
+        "lora.hold-rest": lora.hold_rest,
     }
     own = device_run_config(run_config, profile, defaults)
     if not node_config.get("profile"):

@@ -76,14 +76,16 @@ def device_run_config(run_config: dict, profile: Profile, defaults: dict) -> dic
     """``run_config`` as this profile's device uses it.
 
     A profile's ``lora.rank`` comes with the alpha that keeps the run's
-    ``alpha / rank`` (``common.lora_ranks.device_alpha``); with the run's
+    ``alpha / rank`` (``common.lora_ranks.device_alpha``); under the run's
+    ``lora.hold-rest`` the device keeps the run's rank and alpha and the profile's
+    rank is how many of the first components it trains (``lora.trained-rank``); with
     ``lora.profile-ranks = false`` it is ignored and the device keeps the run's rank.
 
     Parameters
     ----------
     defaults : dict
-        The run's value of each encoder key, ``lora.rank``, ``lora.alpha`` and
-        ``lora.profile-ranks`` when ``run_config`` leaves it out.
+        The run's value of each encoder key, ``lora.rank``, ``lora.alpha``,
+        ``lora.profile-ranks`` and ``lora.hold-rest`` when ``run_config`` leaves it out.
 
     Raises
     ------
@@ -105,8 +107,12 @@ def device_run_config(run_config: dict, profile: Profile, defaults: dict) -> dic
     rank = overrides.pop(RANK_KEY, None)
     if rank is not None and run["lora.profile-ranks"]:
         check_rank(profile, int(run[RANK_KEY]))
-        alpha = device_alpha(float(run["lora.alpha"]), int(rank), int(run[RANK_KEY]))
-        overrides.update({RANK_KEY: int(rank), "lora.alpha": alpha})
+        if run.get("lora.hold-rest", False):
+            # The box holds the run's rank and trains (and uploads) its first components.
+            overrides["lora.trained-rank"] = int(rank)
+        else:
+            alpha = device_alpha(float(run["lora.alpha"]), int(rank), int(run[RANK_KEY]))
+            overrides.update({RANK_KEY: int(rank), "lora.alpha": alpha})
     # The mix has done its work: the device's settings are its own profile's, and the
     # other profiles' ranks are no longer checked against this device's rank.
     return {**run_config, **overrides, "profile-mix": ""}

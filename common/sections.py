@@ -145,6 +145,13 @@ class LoraSettings(Section):
     # products (a small device leaves the components it does not hold as they were).
     # All are FedAvg of the factors when every device holds the run's rank.
     rank_aggregation: Literal["auto", "svd", "svd-update", "zero-pad", "holders"] = "auto"
+    # A device whose profile lowers its rank still holds the federation's other
+    # components, frozen: it computes the federation's adapter and trains and uploads
+    # its first ones (its profile's rank becomes its trained_rank; it downloads all).
+    hold_rest: bool = False
+    # How many of the shared adapters' first components a device trains and uploads;
+    # the others it holds frozen. 0: all of them.
+    trained_rank: int = Field(0, ge=0)
     private_rank: int = Field(8, ge=1)
     private_alpha: float = Field(16.0, gt=0)
     # Encoders' low-rank adapters, shared by devices with the same encoder kind

@@ -118,13 +118,51 @@ class RunSettings(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _held_components(self) -> RunSettings:
+        lora = self.lora
+        if lora.trained_rank > lora.rank:
+            raise ValueError(
+                f"lora.trained-rank = {lora.trained_rank} is above lora.rank = {lora.rank}: "
+                "a device trains at most the components it holds"
+            )
+        if self.holds_rest and self.train.weight_decay > 0:
+            # AdamW's decoupled decay would shrink the components held frozen.
+            raise ValueError(
+                "lora.hold-rest / lora.trained-rank need train.weight-decay = 0: the decay "
+                "would move the components a device holds frozen"
+            )
+        if self.holds_rest and lora.rank_aggregation == "svd":
+            # FlexLoRA's mean of products would count the held components as absent.
+            raise ValueError(
+                "lora.hold-rest / lora.trained-rank need lora.rank-aggregation = "
+                '"svd-update", "zero-pad", "holders" or "auto": "svd" averages products a '
+                "held component is missing from"
+            )
+        return self
+
     @property
     def rank_aggregation(self) -> str:
-        """``lora.rank-aggregation`` in force: ``"auto"`` is ``"svd"`` where it can run."""
+        """``lora.rank-aggregation`` in force: ``"auto"`` is an SVD kind where it can run.
+
+        The SVD kind is ``"svd"``, or ``"svd-update"`` when devices hold the rest
+        (:attr:`holds_rest`: a device's product includes the components it holds frozen).
+        """
         how = self.lora.rank_aggregation
         if how != "auto":
             return how
-        return "svd" if self.dp.noise_multiplier == 0 and self.components.share_b else "zero-pad"
+        if self.dp.noise_multiplier == 0 and self.components.share_b:
+            return "svd-update" if self.holds_rest else "svd"
+        return "zero-pad"
+
+    @property
+    def holds_rest(self) -> bool:
+        """Devices hold every component of the shared adapters and may train only the first.
+
+        Under ``lora.hold-rest`` (a profile's lower rank) or ``lora.trained-rank``:
+        the server sends every device the run's rank, whatever rank it uploads.
+        """
+        return self.lora.hold_rest or self.lora.trained_rank > 0
 
     @property
     def components(self) -> Components:

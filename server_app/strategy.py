@@ -141,7 +141,8 @@ class MlEcsStrategy(FedAvg):
 
     def _pack_for(self, node: int, state: State, packs: dict) -> PackedState:
         """``state`` as ``node`` takes it: cut to its LoRA rank once known, packed once per rank."""
-        rank = self._node_rank.get(node)
+        # Devices that hold the rest (lora.hold-rest) take the run's rank whatever they upload.
+        rank = None if self.settings.holds_rest else self._node_rank.get(node)
         if rank not in packs:
             packs[rank] = pack_global(truncate_ranks(state, rank), self.settings.transport.dtype)
         return packs[rank]

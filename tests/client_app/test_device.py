@@ -9,7 +9,7 @@ import numpy as np
 from client_app.device import TRAINED_ROUND, Device, DeviceIdentity
 from common.exchange import GlobalPayload
 from common.model.factory import reference_edge_model
-from common.model.state import encoder_state, initial_global_state
+from common.model.state import encoder_state, initial_global_state, shared_state
 from common.settings import RunSettings
 from common.state import subtract
 
@@ -202,3 +202,34 @@ def test_moments_of_adapters_refactorised_since_the_device_trained_are_dropped(
             gone = moments - left
             assert gone and left, refactorised  # encoders' and connector's own stay
             assert not any("encoder" in k for k in gone), sorted(gone)
+
+
+def test_a_device_holding_the_rest_trains_and_uploads_only_its_first_components(
+    tiny_config: dict,
+):
+    # Prepare: a device of the run's rank 8 that trains its first 2 components
+    settings = RunSettings.from_run_config({**tiny_config, "lora.trained-rank": 2})
+    state = initial_global_state(settings, reference_edge_model(settings))
+    rng = np.random.default_rng(0)  # a global with every component non-zero
+    state = {k: (v + rng.normal(0, 0.1, v.shape)).astype(np.float32) for k, v in state.items()}
+    device = Device(settings, DeviceIdentity(0, 2))
+    device.restore(None, GlobalPayload(state=state))
+    # Execute
+    update = device.train(GlobalPayload(state=state), server_round=1)
+    # Assert: the upload is rank 2; the device computes with all 8 components, of which
+    # the first 2 moved and the other 6 are exactly as the server sent them
+    held = shared_state(device.model)
+    adapters = [k for k in state if k.startswith(("lora/", "prompt/")) and "lora_" in k]
+    assert adapters
+    for key in adapters:
+        axis = 0 if "lora_A" in key else 1
+        assert update.delta[key].shape[axis] == 2 and held[key].shape == state[key].shape
+        rest = np.take(held[key], range(2, 8), axis=axis)
+        np.testing.assert_array_equal(rest, np.take(state[key], range(2, 8), axis=axis))
+    moved = [
+        k
+        for k in adapters
+        if not np.array_equal(np.take(held[k], [0, 1], axis=0 if "lora_A" in k else 1),
+                              np.take(state[k], [0, 1], axis=0 if "lora_A" in k else 1))
+    ]  # fmt: skip
+    assert moved

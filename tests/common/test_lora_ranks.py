@@ -229,3 +229,19 @@ def test_auto_is_svd_where_the_devices_factors_reach_the_server():
     assert how() == "svd" and how(method="fedit") == "svd"
     assert how(**{"dp.noise-multiplier": 1.0}) == "zero-pad" and how(method="fedsa") == "zero-pad"
     assert how(**{"lora.rank-aggregation": "holders"}) == "holders"
+
+
+def test_holding_the_rest_is_refused_where_it_cannot_hold():
+    def make(**config) -> RunSettings:
+        return RunSettings.from_run_config(config)
+
+    assert make(**{"lora.hold-rest": True}).rank_aggregation == "svd-update"
+    assert make(**{"lora.trained-rank": 2}).rank_aggregation == "svd-update"
+    assert make(**{"lora.hold-rest": True, "method": "fedsa"}).rank_aggregation == "zero-pad"
+    with pytest.raises(ConfigError, match="above lora.rank = 8"):
+        make(**{"lora.trained-rank": 9})
+    with pytest.raises(ConfigError, match="weight-decay = 0"):
+        make(**{"lora.trained-rank": 2, "train.weight-decay": 0.01})
+    with pytest.raises(ConfigError, match="svd-update"):
+        make(**{"lora.hold-rest": True, "lora.rank-aggregation": "svd"})
+    assert not make().holds_rest and make(**{"lora.rank-aggregation": "svd"}).rank_aggregation

@@ -100,6 +100,15 @@ def test_a_profile_lowers_the_lora_rank_with_the_runs_alpha_per_rank():
         device_settings({"lora.rank": 1}, {"partition-id": 0, "profile": "phone"})
 
 
+def test_under_hold_rest_a_profile_sets_how_many_components_its_box_trains():
+    hold = {"lora.hold-rest": True}
+    settings, _ = device_settings(hold, {"partition-id": 0, "profile": "phone"})
+    assert settings.lora.rank == 8 and settings.lora.alpha == 16.0  # the run's, held
+    assert settings.lora.trained_rank == 4 and settings.holds_rest
+    settings, _ = device_settings(hold, {"partition-id": 0, "profile": "jetson-orin"})
+    assert settings.lora.trained_rank == 0  # a box at the run's rank trains everything
+
+
 def test_the_memory_note_speaks_only_past_its_share_of_the_box():
     assert memory_note(Profile("huge", "", 10_000.0)) is None
     note = memory_note(Profile("tiny", "", 0.001))
@@ -167,3 +176,26 @@ def test_a_federation_of_two_ranks_runs_with_flexloras_svd(tiny_config):
         a = np.asarray(state[key], np.float64)
         np.testing.assert_allclose(a @ a.T, np.eye(a.shape[0]), atol=1e-4, err_msg=key)
         assert np.isfinite(state[key.replace("lora_A", "lora_B")]).all()
+
+
+def test_a_fleet_holding_the_rest_sends_every_box_the_runs_rank(tiny_config):
+    config = {
+        **tiny_config,
+        "profile-mix": "sbc-8gb:1,phone:1",  # ranks 8 and 4
+        "lora.hold-rest": True,
+        "run-name": "hold",
+    }
+    assert RunSettings.from_run_config(config).rank_aggregation == "svd-update"
+    summary = _federate(config, 2)
+    assert summary["rounds"] == config["num-server-rounds"]
+    built = {d.ident.partition_id: d.settings for d in handlers._DEVICES.values()}
+    assert built[1].lora.rank == 8 and built[1].lora.trained_rank == 4  # the phone
+    # the phone uploads half the components and downloads all of them in every round
+    lines = (Path(config["output-dir"]) / "hold" / "rounds.jsonl").read_text().splitlines()
+    for record in map(json.loads, lines):
+        by_node = {d["partition_id"]: d for d in record["comm_by_device"].values()}
+        assert 1.8 < by_node[0]["lora_up"] / by_node[1]["lora_up"] < 2.0
+        assert by_node[0]["lora_down"] == by_node[1]["lora_down"]
+    ckpt = load_checkpoint(Path(config["output-dir"]) / "hold")
+    assert ckpt.strategy.refactorised_round == config["num-server-rounds"]
+    assert all(np.isfinite(v).all() for v in ckpt.global_state.values())
