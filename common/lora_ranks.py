@@ -19,7 +19,10 @@ device holds less than the run's rank (:func:`refactorises`): when all hold the
 run's rank it is FedAvg of the factors like the others, so a single-rank run is the
 same under every setting. ``"svd-update"`` averages the changes of the products
 instead and adds them to the global product, so the components a small device does
-not hold keep their value rather than being averaged with its zeros.
+not hold keep their value rather than being averaged with its zeros. Under
+``lora.hold-rest`` a small device holds every component, frozen past its rank
+(``common.model.held_components``), and uploads the change of its first ``r``:
+exactly what ``"svd-update"`` adds to the global product.
 
 The shared adapters built with ``lora.rank`` may differ in rank: the backbone's
 LoRA (``lora/`` keys) and the prompt map's low-rank update (``prompt/``); the
