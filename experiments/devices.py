@@ -88,14 +88,21 @@ def encoder_groups(run_config: dict, num_nodes: int) -> dict[int, str]:
 
 
 def profile_groups(run_config: dict, num_nodes: int) -> dict[int, str]:
-    """Partition id -> the device's profile and LoRA rank, e.g. ``"sbc-2gb (rank 2)"``."""
+    """Partition id -> the device's profile and LoRA rank, e.g. ``"sbc-2gb (rank 2)"``.
+
+    A box that holds the rest (``lora.hold-rest``) and trains its first ``r`` of the
+    run's ``R`` components reads ``"sbc-2gb (rank 2 of 8)"``.
+    """
     from client_app.handlers import device_settings
 
     out = {}
     for pid in range(num_nodes):
         settings, profile = device_settings(run_config, {"partition-id": pid})
         name = profile.name if profile is not None else "no profile"
-        out[pid] = f"{name} (rank {settings.lora.rank})"
+        lora = settings.lora
+        trained = lora.trained_rank if 0 < lora.trained_rank < lora.rank else 0
+        rank = f"{trained} of {lora.rank}" if trained else f"{lora.rank}"
+        out[pid] = f"{name} (rank {rank})"
     return out
 
 

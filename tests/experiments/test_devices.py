@@ -87,3 +87,6 @@ def test_profile_groups_name_each_boxs_profile_and_rank(tiny_config: dict):
     groups = profile_groups(config, 3)
     assert groups == {0: "sbc-2gb (rank 2)", 1: "jetson-orin (rank 8)", 2: "sbc-2gb (rank 2)"}
     assert set(profile_groups(tiny_config, 2).values()) == {"no profile (rank 8)"}
+    # a box that holds the rest computes with rank 8 and trains its first 2
+    held = profile_groups({**config, "lora.hold-rest": True}, 2)
+    assert held == {0: "sbc-2gb (rank 2 of 8)", 1: "jetson-orin (rank 8)"}
