@@ -40,7 +40,10 @@ def worker_home(tmp_path: Path, monkeypatch):
 def run(config: dict, warm: bool) -> dict:
     from common.settings import RunSettings
 
-    extra = {"warm-worker": True, "warm-worker-idle": 60} if warm else {}
+    # Long enough that a loaded CI box cannot idle a worker out between two of its
+    # messages (60 s did once, under a full suite beside two training runs); the
+    # fixture kills the workers at the end.
+    extra = {"warm-worker": True, "warm-worker-idle": 600} if warm else {}
     nodes = [{"partition-id": i, "num-partitions": NODES, **extra} for i in range(NODES)]
     server = ServerRun(RunSettings.from_run_config(config))
     return server.run(InProcessGrid(client_app, config, NODES, node_configs=nodes))
