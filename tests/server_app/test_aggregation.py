@@ -187,7 +187,11 @@ def test_without_mma_the_consensus_is_a_plain_mean_by_example_counts(method, tin
     ids, z, notes = representation_consensus([a, far], 2, off, ref_ids, ref)
     np.testing.assert_allclose(z, (10 * a.reps + 30 * far.reps) / 40, rtol=1e-5)
     assert ids.tolist() == [1, 2] and notes == {}
-    on = mma_in_force(RunSettings.from_run_config({**tiny_config, "method": "mlecs"}))
+    # mlecs's default (MMA off since 2026-12-07) computes exactly what no-mma does
+    default = mma_in_force(RunSettings.from_run_config({**tiny_config, "method": "mlecs"}))
+    assert default == off
+    paper = {"mma.beta": 1.0, "mma.clip-factor": 2.0, "mma.disagreement": 1.0}
+    on = mma_in_force(RunSettings.from_run_config({**tiny_config, "method": "mlecs", **paper}))
     assert on.clip_factor > 0
     _, bounded, notes = representation_consensus([a, far], 2, on, ref_ids, ref)
     assert np.abs(bounded).max() < 10 and "away" in notes[2]  # far clipped and damped

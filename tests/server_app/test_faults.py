@@ -33,6 +33,9 @@ BOUND = 3.0
 SHARE = {n: np.array([PUBLIC[(n + k) % len(PUBLIC)] for k in range(2)], np.int64) for n in NODES}
 
 
+MMA_DAMPING = {"mma.beta": 1.0, "mma.clip-factor": 2.0, "mma.disagreement": 1.0}
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _task_identity():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
@@ -70,6 +73,10 @@ def run_round(fault: Callable | None, with_bad: bool = True):
             "model.fused-dim": FUSED,
             "strategy.min-nodes": 1,
             "mma.max-update-bytes": 4096,
+            # MMA's robust damping (off by default since 2026-12-07): what bounds a
+            # scaled or sign-flipped update; deploy/README.md says to turn it on
+            # where devices are not trusted.
+            **MMA_DAMPING,
         }
     )
     st = MlEcsStrategy(settings, FakeCloud())

@@ -80,8 +80,9 @@ def test_fedit_is_fedavg_by_example_counts():
 
 def test_mma_weights_by_modality_coverage():
     # Prepare: node 1 holds both modalities (n=10), node 2 acc only (n=20),
-    # node 3 gyro only (n=40); updates point the same way, no clipping applies
-    st = strategy("mlecs")
+    # node 3 gyro only (n=40); updates point the same way, no clipping applies.
+    # MMA is off by default since 2026-12-07: the paper's keys turn it on.
+    st = strategy("mlecs", **{"mma.beta": 1.0, "mma.clip-factor": 2.0, "mma.disagreement": 1.0})
     msgs = instructions(st)
     replies = [
         reply(msgs[1], 1.0, 10, MODS, prompt=2.0),
@@ -102,7 +103,7 @@ def test_mma_weights_by_modality_coverage():
 
 
 def test_mma_clips_an_oversized_update_to_twice_the_median_norm():
-    st = strategy("mlecs")
+    st = strategy("mlecs", **{"mma.clip-factor": 2.0})
     msgs = instructions(st)
     replies = [reply(msgs[i], v, 10, MODS) for i, v in ((1, 1.0), (2, 1.0), (3, 100.0))]
     arrays, _ = st.aggregate_train(1, replies)
