@@ -310,14 +310,18 @@ class MmaSettings(Section):
 
     Off by default since 2026-12-07 (all three at 0: FedAvg weights by example counts,
     what ``no-mma`` computes): on tuning seeds removing it did not lower the devices'
-    score (declared rule). The paper's MMA is ``beta = 1``, ``clip-factor = 2``,
-    ``disagreement = 1``.
+    score (declared rule). :data:`PAPER_MMA` turns the paper's MMA back on.
     """
 
     beta: float = Field(0.0, ge=0)  # w_i ~ n_i * (|M_i| / |M|) ** beta
     clip_factor: float = Field(0.0, ge=0)  # clip update norms at factor x median; 0 = off
     disagreement: float = Field(0.0, ge=0)  # down-weight updates against consensus; 0 = off
     max_update_bytes: int = Field(64 * 2**20, ge=1)
+
+
+# The paper's MMA as run-config overrides: modality weighting and the damping that
+# bounds a scaled or sign-flipped update (where devices are not all trusted).
+PAPER_MMA = {"mma.beta": 1.0, "mma.clip-factor": 2.0, "mma.disagreement": 1.0}
 
 
 class FedproxSettings(Section):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.sections import PAPER_MMA
 from common.settings import RunSettings
 from server_app.aggregation import (
     aggregate_representations,
@@ -190,8 +191,7 @@ def test_without_mma_the_consensus_is_a_plain_mean_by_example_counts(method, tin
     # mlecs's default (MMA off since 2026-12-07) computes exactly what no-mma does
     default = mma_in_force(RunSettings.from_run_config({**tiny_config, "method": "mlecs"}))
     assert default == off
-    paper = {"mma.beta": 1.0, "mma.clip-factor": 2.0, "mma.disagreement": 1.0}
-    on = mma_in_force(RunSettings.from_run_config({**tiny_config, "method": "mlecs", **paper}))
+    on = mma_in_force(RunSettings.from_run_config({**tiny_config, "method": "mlecs", **PAPER_MMA}))
     assert on.clip_factor > 0
     _, bounded, notes = representation_consensus([a, far], 2, on, ref_ids, ref)
     assert np.abs(bounded).max() < 10 and "away" in notes[2]  # far clipped and damped

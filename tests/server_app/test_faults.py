@@ -17,6 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.exchange import DeviceUpdate
+from common.sections import PAPER_MMA
 from common.settings import RunSettings
 from proto.messages import read_instruction, train_reply
 from proto.records import ARRAYS, METRICS, REPS, from_record, manifest_key, to_record
@@ -31,9 +32,6 @@ REF = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
 # Influence of the hostile device may be at most this multiple of its honest one.
 BOUND = 3.0
 SHARE = {n: np.array([PUBLIC[(n + k) % len(PUBLIC)] for k in range(2)], np.int64) for n in NODES}
-
-
-MMA_DAMPING = {"mma.beta": 1.0, "mma.clip-factor": 2.0, "mma.disagreement": 1.0}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -76,7 +74,7 @@ def run_round(fault: Callable | None, with_bad: bool = True):
             # MMA's robust damping (off by default since 2026-12-07): what bounds a
             # scaled or sign-flipped update; deploy/README.md says to turn it on
             # where devices are not trusted.
-            **MMA_DAMPING,
+            **PAPER_MMA,
         }
     )
     st = MlEcsStrategy(settings, FakeCloud())

@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord, Message
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.exchange import DeviceUpdate
+from common.sections import PAPER_MMA
 from common.settings import RunSettings
 from proto.messages import read_instruction, train_reply
 from proto.records import from_record, to_record
@@ -82,7 +83,7 @@ def test_mma_weights_by_modality_coverage():
     # Prepare: node 1 holds both modalities (n=10), node 2 acc only (n=20),
     # node 3 gyro only (n=40); updates point the same way, no clipping applies.
     # MMA is off by default since 2026-12-07: the paper's keys turn it on.
-    st = strategy("mlecs", **{"mma.beta": 1.0, "mma.clip-factor": 2.0, "mma.disagreement": 1.0})
+    st = strategy("mlecs", **PAPER_MMA)
     msgs = instructions(st)
     replies = [
         reply(msgs[1], 1.0, 10, MODS, prompt=2.0),
